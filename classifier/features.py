@@ -1,0 +1,171 @@
+"""Batched features: the seed's MFCC recipe and a log-mel in Hz.
+
+One call computes a whole chunk of equal-length windows with torch (STFT,
+mel filterbank, DCT), which is what makes chunks cheap; tests hold it to
+``librosa.feature.mfcc`` on the same input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from typing import Any, Literal
+
+import librosa
+import numpy as np
+import torch
+
+FeatureKind = Literal["mfcc", "logmel"]
+AMIN = 1e-10  # librosa.power_to_db's floor
+TOP_DB = 80.0  # librosa.power_to_db's default dynamic range
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that decides preprocessing; stored inside every checkpoint."""
+
+    kind: FeatureKind = "mfcc"
+    sample_rate: int = 48_000
+    window_s: float = 1.0  # model input length; longer files are windowed
+    hop_s: float = 0.5  # between model windows of a long file
+    frame_s: float = 0.025  # STFT window (n_fft)
+    frame_hop_s: float = 0.010
+    n_mels: int = 40
+    fmin: float = 0.0
+    fmax: float | None = None
+    n_mfcc: int = 12
+    lifter: int = 22
+    preemphasis: float | None = 0.97
+    ref_max: bool = False  # dB relative to each window's max: gain invariant
+
+    @property
+    def n_fft(self) -> int:
+        return int(self.frame_s * self.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return int(self.frame_hop_s * self.sample_rate)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_s * self.sample_rate))
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_mfcc if self.kind == "mfcc" else self.n_mels
+
+    @property
+    def n_frames(self) -> int:
+        return 1 + (self.window_samples - self.n_fft) // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FeatureConfig":
+        return cls(**data)
+
+
+def seed_mfcc_config(sample_rate: int = 48_000) -> FeatureConfig:
+    """The notebook's recipe, at the rate it ran on (AudioMNIST's 48 kHz)."""
+    return FeatureConfig(kind="mfcc", sample_rate=sample_rate)
+
+
+def logmel_config(sample_rate: int = 16_000, n_mels: int = 64) -> FeatureConfig:
+    """Log-mel in dB relative to each window's peak; frequency axis in Hz."""
+    return replace(
+        FeatureConfig(),
+        kind="logmel",
+        sample_rate=sample_rate,
+        n_mels=n_mels,
+        fmin=50.0,
+        fmax=sample_rate / 2,
+        preemphasis=None,
+        ref_max=True,
+    )
+
+
+def preemphasize(y: torch.Tensor, coef: float) -> torch.Tensor:
+    """``librosa.effects.preemphasis`` for a batch (B, n), same initial state.
+
+    librosa starts the filter from ``zi = 2*y[0] - y[1]``, so the first output
+    sample is ``3*y[0] - y[1]``; kept so features match the seed exactly.
+    """
+    first = y[..., :1] + (2 * y[..., :1] - y[..., 1:2])
+    return torch.cat([first, y[..., 1:] - coef * y[..., :-1]], dim=-1)
+
+
+@lru_cache(maxsize=16)
+def _mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+
+
+@lru_cache(maxsize=16)
+def _dct_matrix(n_mels: int, n_mfcc: int) -> np.ndarray:
+    # Orthonormal DCT-II as a matrix (n_mfcc, n_mels), as scipy.fft.dct(norm="ortho").
+    n = np.arange(n_mels)
+    k = np.arange(n_mfcc)[:, None]
+    basis = np.cos(math.pi * k * (2 * n + 1) / (2 * n_mels)) * math.sqrt(2.0 / n_mels)
+    basis[0] /= math.sqrt(2.0)
+    return basis
+
+
+def compute_features(y: torch.Tensor | np.ndarray, config: FeatureConfig) -> torch.Tensor:
+    """Features for a batch of equal-length windows.
+
+    Parameters
+    ----------
+    y : [shape=(B, n)] float32 or float64 samples at ``config.sample_rate``.
+    config : the recipe.
+
+    Returns
+    -------
+    torch.Tensor [shape=(B, n_bins, n_frames)], the dtype of ``y``.
+    """
+    y = torch.as_tensor(y)
+    if y.ndim != 2:
+        raise ValueError(f"expected a (batch, samples) array, got shape {tuple(y.shape)}")
+    if y.shape[-1] < config.n_fft:
+        raise ValueError(f"windows of {y.shape[-1]} samples are shorter than one frame ({config.n_fft})")
+    if config.preemphasis is not None:
+        y = preemphasize(y, config.preemphasis)
+    power_db = _log_mel_power(y, config)  # (B, n_mels, T)
+    if config.kind == "logmel":
+        return power_db
+    dct = torch.as_tensor(_dct_matrix(config.n_mels, config.n_mfcc), dtype=y.dtype)
+    mfcc = torch.einsum("km,bmt->bkt", dct, power_db)
+    if config.lifter > 0:
+        k = torch.arange(1, config.n_mfcc + 1, dtype=y.dtype)
+        mfcc = mfcc * (1 + (config.lifter / 2) * torch.sin(math.pi * k / config.lifter))[:, None]
+    return mfcc
+
+
+def _log_mel_power(y: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
+    window = torch.hann_window(config.n_fft, periodic=True, dtype=y.dtype)
+    spec = torch.stft(
+        y, n_fft=config.n_fft, hop_length=config.hop_length, window=window, center=False, return_complex=True
+    )
+    power = spec.real.square() + spec.imag.square()  # (B, 1 + n_fft/2, T)
+    mel = torch.as_tensor(
+        _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax), dtype=y.dtype
+    )
+    mel_power = torch.matmul(mel, power)  # (B, n_mels, T)
+    db = 10.0 * torch.log10(torch.clamp(mel_power, min=AMIN))
+    peak = db.amax(dim=(1, 2), keepdim=True)
+    if config.ref_max:
+        db = db - peak
+        peak = torch.zeros_like(peak)
+    # librosa clips each call's output to top_db below its own maximum.
+    return torch.maximum(db, peak - TOP_DB)
+
+
+def feature_axis(config: FeatureConfig) -> tuple[np.ndarray, str]:
+    """Values and label of the feature (frequency) axis, for plots and reports."""
+    if config.kind == "logmel":
+        hz = librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.fmin, fmax=config.fmax or config.sample_rate / 2)
+        return hz[1:-1], "mel band centre (Hz)"
+    return np.arange(config.n_mfcc), "cepstral coefficient"

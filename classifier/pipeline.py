@@ -1,0 +1,160 @@
+"""The batch pipeline: files -> windows -> features -> model (+ GradCAM) -> verdicts.
+
+Windows from many files are scored together in mini-batches, so a chunk of
+short clips costs one feature call and one forward per ``batch_windows``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from classifier.audio import load_audio, speech_mask, split_windows
+from classifier.errors import InvalidAudio
+from classifier.features import compute_features
+from classifier.gradcam import GradCAM
+from classifier.model import ModelBundle
+
+
+@dataclass
+class ClipResult:
+    """The verdict on one file; ``error`` is set instead when it could not be used."""
+
+    path: str
+    prediction: str | None = None  # "female", "male", "uncertain"; None on error
+    p_female: float | None = None
+    duration_s: float | None = None
+    windows: int = 0  # windows that voted
+    error: str | None = None
+    error_reason: str | None = None
+    log_odds: float | None = None  # mean uncalibrated log-odds of "female"
+    attention: np.ndarray | None = None  # (n_bins,) per-frequency profile
+    cam: np.ndarray | None = None  # (n_bins, n_frames) mean over voting windows
+
+    @property
+    def confidence(self) -> float | None:
+        return None if self.p_female is None else max(self.p_female, 1 - self.p_female)
+
+
+@dataclass
+class PreparedClip:
+    path: str
+    duration_s: float
+    windows: np.ndarray  # (n_voting, window_samples)
+
+
+def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle) -> PreparedClip:
+    """Window a decoded waveform and keep only the windows that hold speech."""
+    cfg = bundle.features
+    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples)
+    return PreparedClip(path=path, duration_s=len(y) / cfg.sample_rate, windows=windows[speech_mask(windows)])
+
+
+def prepare_file(path: str | os.PathLike, bundle: ModelBundle, *, max_duration_s: float = 1200.0) -> PreparedClip:
+    """Decode, validate and window one file; raises :class:`InvalidAudio`."""
+    cfg = bundle.features
+    rec = load_audio(path, sr=cfg.sample_rate, min_samples=cfg.n_fft, max_duration_s=max_duration_s)
+    return prepare_waveform(str(path), rec.y, bundle)
+
+
+class Classifier:
+    """Scores prepared clips with one model; the core of ``classify`` and the worker."""
+
+    def __init__(self, bundle: ModelBundle, *, batch_windows: int = 64, explain: bool = True, bf16: bool = False):
+        self.bundle = bundle
+        self.batch_windows = batch_windows
+        self.explain = explain
+        self.bf16 = bf16
+
+    def classify_files(
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        min_confidence: float | None = None,
+        on_done: Callable[[ClipResult], None] | None = None,
+    ) -> list[ClipResult]:
+        """Classify files in order; a bad file yields an error result, never an exception."""
+        results: list[ClipResult] = []
+        for group in _groups(list(paths), self.batch_windows):
+            prepared: list[PreparedClip | ClipResult] = [self._prepare_or_error(p) for p in group]
+            results_group = self.classify_prepared(prepared, min_confidence=min_confidence)
+            for r in results_group:
+                if on_done is not None:
+                    on_done(r)
+            results.extend(results_group)
+        return results
+
+    def _prepare_or_error(self, path: str | os.PathLike) -> PreparedClip | ClipResult:
+        try:
+            return prepare_file(path, self.bundle)
+        except InvalidAudio as exc:
+            return ClipResult(path=str(path), error=str(exc), error_reason=exc.reason)
+
+    def classify_prepared(
+        self, items: list[PreparedClip | ClipResult], *, min_confidence: float | None = None
+    ) -> list[ClipResult]:
+        """Score every voting window of the prepared clips at once, then combine per clip."""
+        clips = [c for c in items if isinstance(c, PreparedClip)]
+        log_odds, cams = self.score_windows(np.concatenate([c.windows for c in clips]) if clips else None)
+        out, start = [], 0
+        for item in items:
+            if isinstance(item, ClipResult):
+                out.append(item)
+                continue
+            n = len(item.windows)
+            out.append(self._combine(item, log_odds[start : start + n], None if cams is None else cams[start : start + n], min_confidence))
+            start += n
+        return out
+
+    def score_windows(self, windows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log-odds of "female" (N,) and GradCAM maps (N, F, T) for raw windows (N, n)."""
+        if windows is None or len(windows) == 0:
+            return np.zeros(0), None
+        log_odds, cams = [], []
+        for batch in _groups(windows, self.batch_windows):
+            feats = compute_features(torch.from_numpy(np.asarray(batch, dtype=np.float32)), self.bundle.features)
+            logits, cam = self._forward(feats)
+            log_odds.append((logits[:, 0] - logits[:, 1]).numpy())
+            if cam is not None:
+                cams.append(cam.numpy())
+        return np.concatenate(log_odds), (np.concatenate(cams) if cams else None)
+
+    def _forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = self.bundle.model
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        if not self.explain:
+            with torch.inference_mode(), autocast:
+                return model(feats).float(), None
+        with GradCAM(model, self.bundle.gradcam_layer) as cam, autocast:
+            result = cam.explain(feats)
+        return result.logits, result.cam
+
+    def _combine(
+        self, clip: PreparedClip, log_odds: np.ndarray, cams: np.ndarray | None, min_confidence: float | None
+    ) -> ClipResult:
+        # Mean log-odds over windows that hold speech: each voting window counts once.
+        mean_log_odds = float(np.mean(log_odds))
+        p_female = float(self.bundle.calibration.p_female(torch.tensor(mean_log_odds)))
+        prediction = "female" if p_female >= 0.5 else "male"
+        if min_confidence is not None and max(p_female, 1 - p_female) < min_confidence:
+            prediction = "uncertain"
+        cam = None if cams is None else cams.mean(axis=0)
+        return ClipResult(
+            path=clip.path,
+            prediction=prediction,
+            p_female=p_female,
+            duration_s=clip.duration_s,
+            windows=len(log_odds),
+            log_odds=mean_log_odds,
+            attention=None if cam is None else cam.mean(axis=-1),
+            cam=cam,
+        )
+
+
+def _groups(items, size: int) -> Iterator:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

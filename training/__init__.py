@@ -1,0 +1,1 @@
+"""Training and evaluation: sources, speaker-disjoint splits, the loop, metrics."""

@@ -1,0 +1,172 @@
+"""Training data in memory: decoded waveforms, balanced crops, channel augmentation."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classifier.audio import load_audio
+from classifier.errors import InvalidAudio
+from training.sources import LabelledClip
+
+log = logging.getLogger(__name__)
+
+
+def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
+    path, sr = args
+    try:
+        return load_audio(path, sr=sr, min_samples=1).y
+    except InvalidAudio as exc:
+        return str(exc)
+
+
+def load_waveforms(
+    clips: list[LabelledClip], *, sr: int, cache_dir: Path | None = None, workers: int = 2, progress=None
+) -> list[np.ndarray | None]:
+    """Decode every clip at ``sr``; unreadable clips become None (and are logged).
+
+    With ``cache_dir`` the decoded set is kept as one .npy so the next run
+    starts in seconds instead of decoding everything again.
+    """
+    key = hashlib.sha256(f"{sr}|".encode() + "\n".join(str(c.path) for c in clips).encode()).hexdigest()[:16]
+    cache = cache_dir / f"waves-{sr}-{key}.npz" if cache_dir else None
+    if cache and cache.is_file():
+        data = np.load(cache)
+        flat, offsets = data["flat"], data["offsets"]
+        return [None if offsets[i] == offsets[i + 1] else flat[offsets[i] : offsets[i + 1]].astype(np.float32) for i in range(len(clips))]
+    waves: list[np.ndarray | None] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for clip, y in zip(clips, pool.map(_decode_one, [(str(c.path), sr) for c in clips], chunksize=16)):
+            if isinstance(y, str):
+                log.warning("skipping unreadable training clip: %s", y)
+                y = None
+            waves.append(y)
+            if progress:
+                progress(1)
+    if cache:
+        lengths = [0 if w is None else len(w) for w in waves]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        flat = np.concatenate([w for w in waves if w is not None]).astype(np.float16)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, flat=flat, offsets=offsets)
+    return waves
+
+
+class BalancedCropSampler:
+    """Draws 1 s training crops balanced by gender, then corpus, then speaker.
+
+    Gender is 50/50; within a gender, corpora are weighted by the square root
+    of their speaker count (so a corpus of 400 readers does not drown one of
+    12 actors); then a speaker uniformly, a clip uniformly, a crop that holds
+    sound. Clip counts per speaker never matter.
+    """
+
+    def __init__(self, clips: list[LabelledClip], waves: list[np.ndarray | None], indices: list[int], *, window: int, seed: int):
+        self.waves = waves
+        self.window = window
+        self.rng = np.random.default_rng(seed)
+        tree: dict[str, dict[str, dict[str, list[int]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        for i in indices:
+            if waves[i] is not None:
+                c = clips[i]
+                tree[c.gender][c.corpus][c.speaker].append(i)
+        self.tree = {g: {corp: dict(spk) for corp, spk in corpora.items()} for g, corpora in tree.items()}
+        self.genders = sorted(self.tree)
+        self.corpus_weights = {
+            g: self._normalise([math.sqrt(len(self.tree[g][c])) for c in sorted(self.tree[g])]) for g in self.genders
+        }
+
+    @staticmethod
+    def _normalise(w: list[float]) -> np.ndarray:
+        a = np.asarray(w, dtype=float)
+        return a / a.sum()
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` crops (n, window) float32 and labels (n,) with 0 = female, 1 = male."""
+        crops = np.zeros((n, self.window), dtype=np.float32)
+        labels = np.zeros(n, dtype=np.int64)
+        for k in range(n):
+            gender = self.genders[self.rng.integers(len(self.genders))]
+            corpora = sorted(self.tree[gender])
+            corpus = corpora[self.rng.choice(len(corpora), p=self.corpus_weights[gender])]
+            speakers = sorted(self.tree[gender][corpus])
+            clip_ids = self.tree[gender][corpus][speakers[self.rng.integers(len(speakers))]]
+            crops[k] = self._crop(self.waves[clip_ids[self.rng.integers(len(clip_ids))]])
+            labels[k] = 0 if gender == "female" else 1
+        return crops, labels
+
+    def _crop(self, y: np.ndarray) -> np.ndarray:
+        if len(y) <= self.window:
+            out = np.zeros(self.window, dtype=np.float32)
+            start = self.rng.integers(self.window - len(y) + 1)
+            out[start : start + len(y)] = y
+            return out
+        # Try a few offsets and keep the loudest: long readings have pauses.
+        best, best_rms = None, -1.0
+        for _ in range(3):
+            start = self.rng.integers(len(y) - self.window + 1)
+            crop = y[start : start + self.window]
+            rms = float(np.mean(crop.astype(np.float64) ** 2))
+            if rms > best_rms:
+                best, best_rms = crop, rms
+        return best.astype(np.float32)
+
+
+def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator) -> torch.Tensor:
+    """Random channel so that channel carries no label (B, n) -> (B, n).
+
+    Band limits (telephone low- and high-pass), a smooth random EQ tilt,
+    reverberation, mu-law coding, noise at a random SNR and a random gain,
+    each applied to a random subset of the batch.
+    """
+    b, n = y.shape
+    u = lambda: torch.rand(b, 1, generator=generator)  # noqa: E731
+    spec = torch.fft.rfft(y, dim=-1)
+    freqs = torch.fft.rfftfreq(n, d=1 / sr)[None, :]  # (1, n//2+1)
+    gain = torch.ones_like(freqs).expand(b, -1).clone()
+    lowpass = torch.where(u() < 0.4, 2500 + 1500 * u(), torch.full((b, 1), 1e9))
+    gain *= torch.sigmoid((lowpass - freqs) / 100)
+    highpass = torch.where(u() < 0.3, 100 + 250 * u(), torch.zeros(b, 1))
+    gain *= torch.sigmoid((freqs - highpass) / 30)
+    tilt_db = torch.where(u() < 0.5, (u() - 0.5) * 12, torch.zeros(b, 1))  # +-6 dB across the band
+    gain *= 10 ** (tilt_db * (freqs / (sr / 2) - 0.5) / 20)
+    y = torch.fft.irfft(spec * gain, n=n, dim=-1)
+    y = _reverberate(y, sr=sr, apply=u()[:, 0] < 0.25, generator=generator)
+    y = _normalise_peak(y)
+    mu = (u() < 0.2).float()
+    y = mu * _mu_law(y) + (1 - mu) * y
+    snr_db = 5 + 35 * u()
+    noise = torch.randn(b, n, generator=generator)
+    signal_power = y.square().mean(dim=-1, keepdim=True).clamp_min(1e-10)
+    noise_scale = torch.sqrt(signal_power / 10 ** (snr_db / 10))
+    y = y + torch.where(u() < 0.5, noise_scale, torch.zeros(b, 1)) * noise
+    return y * 10 ** ((u() - 0.5) * 24 / 20)
+
+
+def _reverberate(y: torch.Tensor, *, sr: int, apply: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if not apply.any():
+        return y
+    b, n = y.shape
+    rt60 = 0.15 + 0.6 * torch.rand(b, 1, generator=generator)
+    t = torch.arange(int(0.5 * sr))[None, :] / sr
+    rir = torch.randn(b, t.shape[1], generator=generator) * torch.exp(-6.9 * t / rt60)
+    rir[:, 0] = 1.0
+    wet = torch.fft.irfft(torch.fft.rfft(y, n=2 * n) * torch.fft.rfft(rir, n=2 * n), n=2 * n)[:, :n]
+    return torch.where(apply[:, None], wet, y)
+
+
+def _normalise_peak(y: torch.Tensor) -> torch.Tensor:
+    return y / y.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6) * 0.5
+
+
+def _mu_law(y: torch.Tensor, mu: float = 255.0) -> torch.Tensor:
+    # Telephone companding: 8-bit mu-law encode then decode.
+    x = y.clamp(-1, 1)
+    q = torch.round(torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu) * 127) / 127
+    return torch.sign(q) * ((1 + mu) ** q.abs() - 1) / mu

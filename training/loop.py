@@ -1,0 +1,180 @@
+"""The training loop, evaluation and calibration for one split."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classifier.features import FeatureConfig, compute_features
+from classifier.model import Calibration, ModelBundle, build_model, save_checkpoint
+from classifier.pipeline import Classifier, prepare_waveform
+from training.data import BalancedCropSampler, augment_channel
+from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy
+from training.sources import LabelledClip
+from training.splits import Split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    label_smoothing: float = 0.05
+    augment: bool = True
+    bf16: bool = True
+    eval_every: int = 500
+    seed: int = 0
+    features: dict = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def measure_standardization(sampler: BalancedCropSampler, features: FeatureConfig, n: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and std of training features (unaugmented crops)."""
+    crops, _ = sampler.draw(n)
+    feats = compute_features(torch.from_numpy(crops), features)  # (n, F, T)
+    return feats.mean(dim=(0, 2)), feats.std(dim=(0, 2))
+
+
+def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> float:
+    if cfg.augment:
+        crops = augment_channel(crops, sr=features.sample_rate, generator=gen)
+    feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        loss = F.cross_entropy(model(feats), labels, label_smoothing=cfg.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def train_split(
+    clips: list[LabelledClip],
+    waves: list[np.ndarray | None],
+    split: Split,
+    features: FeatureConfig,
+    cfg: TrainConfig,
+    *,
+    version: str,
+    progress=None,
+) -> tuple[ModelBundle, dict]:
+    """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed)
+    model = build_model(features.n_bins)
+    model.set_standardization(*measure_standardization(sampler, features))
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    bundle = ModelBundle(model=model, features=features, version=version)
+    curve, losses, started = [], [], time.monotonic()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        crops, labels = sampler.draw(cfg.batch_size)
+        losses.append(train_one_step(model, opt, torch.from_numpy(crops), torch.from_numpy(labels), cfg, features, gen))
+        if progress:
+            progress(step, losses[-1])
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            val = evaluate(bundle, clips, waves, split.val)
+            model.train()
+            curve.append({"step": step + 1, "train_loss": float(np.mean(losses[-cfg.eval_every :])), "val_balanced_accuracy": val["balanced_accuracy"], "elapsed_s": time.monotonic() - started})
+            log.info("step %d: loss %.4f, val balanced accuracy %.4f", step + 1, curve[-1]["train_loss"], val["balanced_accuracy"])
+    model.eval()
+    log_odds, is_female = file_log_odds(bundle, clips, waves, split.val)
+    bundle.calibration, ece = fit_calibration(log_odds, is_female, groups=[clips[i].speaker for i in split.val if waves[i] is not None])
+    metrics = evaluate(bundle, clips, waves, split.val)
+    metrics.update(ece, learning_curve=curve, train_seconds=time.monotonic() - started, crops_seen=cfg.steps * cfg.batch_size)
+    return bundle, metrics
+
+
+def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated per-file log-odds of "female", exactly as ``classify`` combines windows."""
+    clf = Classifier(bundle, explain=False, bf16=False)
+    prepared = [prepare_waveform(str(clips[i].path), waves[i], bundle) for i in indices if waves[i] is not None]
+    results = []
+    for start in range(0, len(prepared), 32):
+        results.extend(clf.classify_prepared(prepared[start : start + 32]))
+    truth = [clips[i].gender == "female" for i in indices if waves[i] is not None]
+    return np.array([r.log_odds for r in results]), np.array(truth)
+
+
+def evaluate(bundle: ModelBundle, clips, waves, indices: list[int]) -> dict:
+    """File-level metrics overall, per corpus and per speaker."""
+    log_odds, _ = file_log_odds(bundle, clips, waves, indices)
+    kept = [i for i in indices if waves[i] is not None]
+    p = bundle.calibration.p_female(torch.from_numpy(log_odds)).numpy()
+    y_true = [clips[i].gender for i in kept]
+    y_pred = ["female" if q >= 0.5 else "male" for q in p]
+    metrics = classification_metrics(y_true, y_pred)
+    metrics["per_corpus"] = {}
+    for corpus in sorted({clips[i].corpus for i in kept}):
+        sel = [k for k, i in enumerate(kept) if clips[i].corpus == corpus]
+        metrics["per_corpus"][corpus] = classification_metrics([y_true[k] for k in sel], [y_pred[k] for k in sel])
+    metrics["per_speaker"] = per_group_accuracy([clips[i].speaker for i in kept], y_true, y_pred)
+    return metrics
+
+
+def fit_platt(log_odds: np.ndarray, is_female: np.ndarray) -> Calibration:
+    """Platt scaling by Newton's method on the logistic loss (2 parameters)."""
+    x, y = np.asarray(log_odds, float), np.asarray(is_female, float)
+    a, b = 1.0, 0.0
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(a * x + b)))
+        w = p * (1 - p) + 1e-9
+        grad = np.array([np.sum((p - y) * x), np.sum(p - y)])
+        hess = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]) + 1e-6 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-8:
+            break
+    return Calibration(scale=float(a), bias=float(b))
+
+
+def fit_calibration(log_odds: np.ndarray, is_female: np.ndarray, *, groups: list[str]) -> tuple[Calibration, dict]:
+    """Calibrate on validation speakers; ECE measured by 2-fold cross-fitting over speakers."""
+    speakers = sorted(set(groups))
+    rng = np.random.default_rng(0)
+    half = set(rng.permutation(speakers)[: len(speakers) // 2])
+    fold = np.array([g in half for g in groups])
+    p_cross = np.zeros(len(log_odds))
+    for part in (True, False):
+        cal = fit_platt(log_odds[fold != part], is_female[fold != part])
+        p_cross[fold == part] = cal.p_female(torch.from_numpy(log_odds[fold == part])).numpy()
+    raw = 1 / (1 + np.exp(-log_odds))
+    final = fit_platt(log_odds, is_female)
+    return final, {
+        "calibration": asdict(final),
+        "ece_uncalibrated": expected_calibration_error(raw, is_female),
+        "ece_calibrated_crossfit": expected_calibration_error(p_cross, is_female),
+    }
+
+
+def write_run(out_dir: Path, bundle: ModelBundle, metrics: dict, split_info: dict, train_cfg: TrainConfig, data_summary: dict) -> Path:
+    """Checkpoint + metrics JSON + split JSON, side by side."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle.metrics = {k: v for k, v in metrics.items() if k not in ("per_speaker", "learning_curve")}
+    bundle.info = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "train_config": asdict(train_cfg), "data": data_summary, "split": split_info["name"]}
+    ckpt = out_dir / "model.pt"
+    bundle.sha256 = save_checkpoint(bundle, ckpt)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    (out_dir / "split.json").write_text(json.dumps(split_info, indent=2))
+    return ckpt

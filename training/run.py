@@ -1,0 +1,95 @@
+"""One training run from sources to checkpoint(s), metrics and split files."""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
+from training.data import load_waveforms
+from training.loop import TrainConfig, train_split, write_run
+from training.metrics import mean_std
+from training.sources import LabelledClip, read_source
+from training.splits import Split, audiomnist_gender_folds, split_by_speaker, split_random_clips
+
+log = logging.getLogger(__name__)
+SPLIT_KINDS = ("speaker", "audiomnist-folds", "random-clips")
+
+
+@dataclass
+class RunResult:
+    checkpoints: list[Path]
+    summary: dict
+
+
+def feature_config_for(kind: str) -> FeatureConfig:
+    """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter model's features."""
+    if kind == "mfcc":
+        return seed_mfcc_config(48_000)
+    if kind == "logmel":
+        # 8 kHz keeps every corpus in one band (telephone to studio), and a 64 ms
+        # frame resolves the harmonics of low voices; see models/MODEL_CARD.md.
+        cfg = logmel_config(sample_rate=8_000, n_mels=48)
+        return FeatureConfig.from_dict({**cfg.to_dict(), "frame_s": 0.064, "fmax": 4000.0})
+    raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
+
+
+def make_splits(clips: list[LabelledClip], kind: str, *, seed: int, val_fraction: float) -> list[Split]:
+    if kind == "speaker":
+        return [split_by_speaker(clips, val_fraction=val_fraction, seed=seed)]
+    if kind == "audiomnist-folds":
+        return audiomnist_gender_folds(clips)
+    if kind == "random-clips":
+        log.warning("random clip split: speakers are shared between train and validation (the seed's protocol)")
+        return [split_random_clips(clips, val_fraction=val_fraction, seed=seed)]
+    raise ValueError(f"unknown split {kind!r}: use one of {', '.join(SPLIT_KINDS)}")
+
+
+def summarise_data(clips: list[LabelledClip]) -> dict:
+    speakers = {(c.corpus, c.gender, c.speaker) for c in clips}
+    return {
+        "clips": dict(Counter(f"{c.corpus}/{c.gender}" for c in clips)),
+        "speakers": dict(Counter(f"{corpus}/{gender}" for corpus, gender, _ in speakers)),
+    }
+
+
+def run_training(
+    sources: list[Path],
+    out_dir: Path,
+    *,
+    feature_kind: str = "logmel",
+    split_kind: str = "speaker",
+    val_fraction: float = 0.15,
+    cfg: TrainConfig,
+    version: str,
+    cache_dir: Path | None = None,
+    progress_factory=None,
+) -> RunResult:
+    """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics."""
+    clips = [c for s in sources for c in read_source(s)]
+    features = feature_config_for(feature_kind)
+    log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
+    waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
+    splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction)
+    checkpoints, fold_metrics = [], []
+    for k, split in enumerate(splits):
+        progress = progress_factory(split.name, cfg.steps) if progress_factory else None
+        bundle, metrics = train_split(clips, waves, split, features, cfg, version=version if len(splits) == 1 else f"{version}-fold{k}", progress=progress)
+        metrics["speaker_overlap"] = split.speaker_overlap
+        fold_dir = out_dir if len(splits) == 1 else out_dir / f"fold{k}"
+        checkpoints.append(write_run(fold_dir, bundle, metrics, split.to_dict(clips), cfg, summarise_data(clips)))
+        fold_metrics.append(metrics)
+    summary = {
+        "split": split_kind,
+        "speaker_overlap": splits[0].speaker_overlap,
+        "folds": len(splits),
+        "error_rate": mean_std([m["error_rate"] for m in fold_metrics]),
+        "balanced_accuracy": mean_std([m["balanced_accuracy"] for m in fold_metrics]),
+        "f1_female": mean_std([m["per_class"]["female"]["f1"] for m in fold_metrics]),
+        "f1_male": mean_std([m["per_class"]["male"]["f1"] for m in fold_metrics]),
+        "data": summarise_data(clips),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return RunResult(checkpoints=checkpoints, summary=summary)

@@ -1,0 +1,1 @@
+"""The ``voicegender`` command: the composition root for one-off use."""

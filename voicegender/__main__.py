@@ -1,0 +1,3 @@
+from voicegender.cli import main
+
+raise SystemExit(main())

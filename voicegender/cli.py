@@ -1,0 +1,128 @@
+"""The ``voicegender`` command. Prints its output; logs go to stderr."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from classifier.errors import InvalidCheckpoint, InvalidDataset
+from voicegender.settings import Settings
+
+log = logging.getLogger("voicegender")
+CLASSIFY_COLUMNS = ("path", "prediction", "p_female", "duration_s", "windows", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicegender", description="Male/female speaker classification with attention over frequency.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify files or folders in-process (no queue)")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--model", type=Path, help="checkpoint (default: the starter model or VOICEGENDER_MODEL_PATH)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--min-confidence", type=float, default=None, help="mark files below this confidence 'uncertain'")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("train", help="train a model on AudioMNIST, a manifest CSV or female/ male/ folders")
+    p.add_argument("sources", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, split.json")
+    p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
+    p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips"), default="speaker")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--version", default=None, help="model version (default: a timestamp)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = Settings()
+    _limit_threads(settings)
+    try:
+        return args.func(args, settings)
+    except (InvalidCheckpoint, InvalidDataset, FileNotFoundError, ValueError) as exc:
+        print(f"voicegender: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _limit_threads(settings: Settings) -> None:
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from classifier.audio import find_audio_files
+    from classifier.model import load_checkpoint
+    from classifier.pipeline import Classifier
+
+    bundle = load_checkpoint(args.model or settings.model_path)
+    paths = find_audio_files(args.paths)
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {missing[0]}")
+    clf = Classifier(bundle, batch_windows=settings.batch_windows, explain=False)
+    with tqdm(total=len(paths), unit="file", file=sys.stderr, disable=len(paths) < 20 or None) as bar:
+        results = clf.classify_files(paths, min_confidence=args.min_confidence, on_done=lambda r: bar.update(1))
+    rows = [_classify_row(r) for r in results]
+    if args.format == "json":
+        print(json.dumps({"model_version": bundle.version, "results": rows}, indent=2))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=CLASSIFY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+def _classify_row(r) -> dict:
+    return {
+        "path": r.path,
+        "prediction": r.prediction or "",
+        "p_female": "" if r.p_female is None else round(r.p_female, 4),
+        "duration_s": "" if r.duration_s is None else round(r.duration_s, 3),
+        "windows": r.windows,
+        "error": r.error or "",
+    }
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from training.loop import TrainConfig
+    from training.run import run_training
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, bf16=not args.no_bf16)
+    version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+    def progress_factory(name: str, total: int):
+        bar = tqdm(total=total, desc=name, unit="step", file=sys.stderr, mininterval=5)
+
+        def update(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        return update
+
+    result = run_training(args.sources, args.out, feature_kind=args.features, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory)
+    s = result.summary
+    print(f"balanced accuracy {s['balanced_accuracy']['mean']:.4f} +- {s['balanced_accuracy']['std']:.4f} over {s['folds']} split(s)" + (" (speakers shared between train and validation)" if s["speaker_overlap"] else ""))
+    for ckpt in result.checkpoints:
+        print(ckpt)
+    return 0
