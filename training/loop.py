@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import scipy.optimize
 import torch
 import torch.nn.functional as F
 
@@ -134,19 +135,17 @@ def evaluate(bundle: ModelBundle, clips, waves, indices: list[int]) -> dict:
 
 
 def fit_platt(log_odds: np.ndarray, is_female: np.ndarray) -> Calibration:
-    """Platt scaling by Newton's method on the logistic loss (2 parameters)."""
+    """Platt scaling: minimise the logistic loss of ``scale * z + bias`` (stable form, L-BFGS)."""
     x, y = np.asarray(log_odds, float), np.asarray(is_female, float)
-    a, b = 1.0, 0.0
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-(a * x + b)))
-        w = p * (1 - p) + 1e-9
-        grad = np.array([np.sum((p - y) * x), np.sum(p - y)])
-        hess = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]]) + 1e-6 * np.eye(2)
-        step = np.linalg.solve(hess, grad)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-8:
-            break
-    return Calibration(scale=float(a), bias=float(b))
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        s = theta[0] * x + theta[1]
+        loss = np.mean(np.logaddexp(0, s) - y * s)
+        r = (1 / (1 + np.exp(-np.clip(s, -500, 500))) - y) / len(x)
+        return float(loss), np.array([np.sum(r * x), np.sum(r)])
+
+    res = scipy.optimize.minimize(loss_and_grad, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    return Calibration(scale=float(res.x[0]), bias=float(res.x[1]))
 
 
 def fit_calibration(log_odds: np.ndarray, is_female: np.ndarray, *, groups: list[str]) -> tuple[Calibration, dict]:

@@ -1,0 +1,22 @@
+# Two entry points a newcomer needs; both set up the virtualenv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test
+
+$(BIN)/voicegender: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 are the pair pip finds on this machine's disk.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/voicegender
+
+demo: setup
+	$(BIN)/voicegender classify examples/
+
+test: setup
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,79 @@
+"""The batch pipeline: windows vote per file, bad files stay local, GradCAM per file."""
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from classifier.features import logmel_config
+from classifier.model import Calibration, GenderResNet, ModelBundle
+from classifier.pipeline import Classifier, prepare_waveform
+
+SR = 8_000
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    torch.manual_seed(0)
+    cfg = logmel_config(sample_rate=SR, n_mels=32)
+    return ModelBundle(model=GenderResNet(cfg.n_bins).eval(), features=cfg, version="test")
+
+
+def _tone(seconds: float, f0: float = 150.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32)
+
+
+def test_short_clip_is_one_padded_window(bundle):
+    clip = prepare_waveform("a", _tone(0.4), bundle)
+    assert clip.windows.shape == (1, SR)
+    assert clip.duration_s == pytest.approx(0.4)
+
+
+def test_long_file_windows_and_silence_does_not_vote(bundle):
+    y = np.concatenate([_tone(3.0), np.zeros(4 * SR, np.float32), _tone(3.0)])
+    clip = prepare_waveform("a", y, bundle)
+    # 10 s at 1 s windows, 0.5 s hop -> 19 windows; those wholly inside the 4 s gap stay silent.
+    assert 10 <= len(clip.windows) < 19
+    result = Classifier(bundle, explain=False).classify_prepared([clip])[0]
+    assert result.windows == len(clip.windows)
+
+
+def test_one_bad_file_does_not_affect_the_others(bundle, tmp_path):
+    good = tmp_path / "good.wav"
+    sf.write(good, _tone(1.5), SR)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF....not audio")
+    (tmp_path / "empty.flac").write_bytes(b"")
+    clf = Classifier(bundle, explain=True)
+    alone = clf.classify_files([good])[0]
+    results = clf.classify_files([tmp_path / "bad.wav", good, tmp_path / "empty.flac"])
+    assert [r.error is None for r in results] == [False, True, False]
+    assert results[0].error_reason == "unreadable_audio" and results[2].error_reason == "empty_file"
+    assert results[0].prediction is None and results[0].p_female is None
+    assert results[1].p_female == pytest.approx(alone.p_female, abs=1e-6)
+    assert results[1].attention.shape == (bundle.features.n_bins,)
+    assert results[1].cam.shape == (bundle.features.n_bins, bundle.features.n_frames)
+
+
+def test_min_confidence_marks_uncertain(bundle, tmp_path):
+    sf.write(tmp_path / "x.wav", _tone(1.0), SR)
+    clf = Classifier(bundle, explain=False)
+    plain = clf.classify_files([tmp_path / "x.wav"])[0]
+    assert plain.prediction in ("female", "male")
+    strict = clf.classify_files([tmp_path / "x.wav"], min_confidence=plain.confidence + 1e-6)[0]
+    assert strict.prediction == "uncertain" and strict.p_female == plain.p_female
+
+
+def test_calibration_decides_p_female(bundle):
+    clip = prepare_waveform("a", _tone(1.0), bundle)
+    raw = Classifier(bundle, explain=False).classify_prepared([clip])[0]
+    shifted = ModelBundle(model=bundle.model, features=bundle.features, version="t", calibration=Calibration(0.0, 3.0))
+    r = Classifier(shifted, explain=False).classify_prepared([clip])[0]
+    assert r.log_odds == pytest.approx(raw.log_odds)
+    assert r.p_female == pytest.approx(1 / (1 + np.exp(-3.0)))
+
+
+def test_batching_does_not_change_results(bundle):
+    clips = [prepare_waveform(str(i), _tone(0.5 + 0.7 * i, 120 + 20 * i), bundle) for i in range(5)]
+    big = Classifier(bundle, batch_windows=64, explain=False).classify_prepared(clips)
+    small = Classifier(bundle, batch_windows=2, explain=False).classify_prepared(clips)
+    assert [r.log_odds for r in big] == pytest.approx([r.log_odds for r in small], abs=1e-4)

@@ -1,0 +1,140 @@
+"""Sources, splits and metrics with answers known by hand."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from classifier.errors import InvalidDataset
+from training.data import BalancedCropSampler, augment_channel
+from training.loop import fit_platt, lr_at, TrainConfig
+from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy
+from training.sources import LabelledClip, read_source
+from training.splits import AUDIOMNIST_GENDER_FOLDS, audiomnist_gender_folds, split_by_speaker, split_random_clips
+
+
+def _wav(path, seconds=0.3, sr=8000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, 0.1 * np.sin(np.arange(int(sr * seconds)) / 3), sr)
+
+
+def _clips(n_speakers_per_gender=10, per_speaker=3, corpus="c"):
+    return [
+        LabelledClip(path=f"/x/{g}{s}_{k}.wav", speaker=f"{corpus}_{g}{s}", gender=g, corpus=corpus)
+        for g in ("female", "male") for s in range(n_speakers_per_gender) for k in range(per_speaker)
+    ]
+
+
+def test_metrics_by_hand():
+    m = classification_metrics(["female"] * 4 + ["male"] * 2, ["female", "female", "female", "male", "male", "female"])
+    assert m["confusion_matrix"] == [[3, 1], [1, 1]]
+    assert m["error_rate"] == pytest.approx(2 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2)
+    assert m["per_class"]["female"]["f1"] == pytest.approx(2 * 0.75 * 0.75 / 1.5)
+    assert m["per_class"]["male"]["precision"] == pytest.approx(0.5)
+    acc = per_group_accuracy(["a", "a", "b"], ["female", "female", "male"], ["female", "male", "male"])
+    assert acc["a"]["accuracy"] == 0.5 and acc["b"] == {"n": 1, "accuracy": 1.0, "gender": "male"}
+
+
+def test_ece_zero_when_confidence_matches_accuracy():
+    # 10 files at p=0.8 female, 8 of them female: perfectly calibrated.
+    assert expected_calibration_error(np.full(10, 0.8), np.array([1] * 8 + [0] * 2)) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(10, 0.99), np.array([1] * 5 + [0] * 5)) == pytest.approx(0.49)
+
+
+def test_platt_recovers_a_known_scale():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 3, 20_000)
+    y = rng.random(20_000) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))
+    cal = fit_platt(z, y)
+    assert cal.scale == pytest.approx(0.5, abs=0.03) and cal.bias == pytest.approx(-1.0, abs=0.06)
+
+
+def test_speaker_split_is_disjoint_stratified_and_seeded():
+    clips = _clips(10) + _clips(3, corpus="small")
+    split = split_by_speaker(clips, val_fraction=0.2, seed=1)
+    train_spk = {clips[i].speaker for i in split.train}
+    val_spk = {clips[i].speaker for i in split.val}
+    assert not train_spk & val_spk and len(split.train) + len(split.val) == len(clips)
+    assert {clips[i].corpus for i in split.val} == {"c", "small"}  # every corpus measured
+    assert split_by_speaker(clips, val_fraction=0.2, seed=1) == split
+    assert split_by_speaker(clips, val_fraction=0.2, seed=2).val != split.val
+    info = split.to_dict(clips)
+    assert info["kind"] == "speaker_disjoint" and set(info["val_speakers"]) == val_spk
+
+
+def test_random_clip_split_is_labelled_overlapping():
+    split = split_random_clips(_clips(5), val_fraction=0.2, seed=0)
+    assert split.speaker_overlap and split.kind == "random_clip"
+
+
+def test_audiomnist_official_gender_folds():
+    for fold in AUDIOMNIST_GENDER_FOLDS:
+        assert len(fold["train"]) == 12 and len(fold["validate"]) == 6 and len(fold["test"]) == 6
+        assert not set(fold["train"]) & set(fold["validate"]) | set(fold["test"]) & set(fold["validate"])
+    clips = [LabelledClip(path=f"/x/{s}.wav", speaker=f"audiomnist_{s:02d}", gender="male", corpus="audiomnist") for s in range(1, 61)]
+    folds = audiomnist_gender_folds(clips)
+    assert len(folds) == 4 and [len(f.train) for f in folds] == [12] * 4
+    assert {clips[i].speaker for i in folds[0].val} == {f"audiomnist_{s:02d}" for s in (43, 28, 52, 48, 53, 41)}
+
+
+def test_audiomnist_layout_is_read_as_published(tmp_path):
+    data = tmp_path / "AudioMNIST" / "data"
+    _wav(data / "01" / "0_01_0.wav")
+    _wav(data / "01" / "7_01_49.wav")
+    _wav(data / "02" / "3_02_5.wav")
+    (data / "01" / "notes.txt").write_text("ignored")
+    meta = {"01": {"gender": "male", "age": 30}, "02": {"gender": "Female", "age": 25}}
+    (data / "audioMNIST_meta.txt").write_text(json.dumps(meta))
+    for root in (data, tmp_path / "AudioMNIST"):
+        clips = read_source(root)
+        assert [(c.speaker, c.gender, c.text) for c in clips] == [
+            ("audiomnist_01", "male", "0"), ("audiomnist_01", "male", "7"), ("audiomnist_02", "female", "3")]
+
+
+def test_audiomnist_unknown_speaker_is_named(tmp_path):
+    _wav(tmp_path / "data" / "05" / "0_05_0.wav")
+    (tmp_path / "data" / "audioMNIST_meta.txt").write_text(json.dumps({"01": {"gender": "male"}}))
+    with pytest.raises(InvalidDataset, match="speaker 05"):
+        read_source(tmp_path)
+
+
+def test_manifest_and_gender_folders(tmp_path):
+    _wav(tmp_path / "a" / "x.flac")
+    (tmp_path / "m.csv").write_text("path,corpus,speaker,gender\na/x.flac,k,s1,F\n")
+    (clip,) = read_source(tmp_path / "m.csv")
+    assert clip.path == tmp_path / "a" / "x.flac" and clip.gender == "female" and clip.corpus == "k"
+    (tmp_path / "bad.csv").write_text("path,gender\na/x.flac,female\n")
+    with pytest.raises(InvalidDataset, match="speaker"):
+        read_source(tmp_path / "bad.csv")
+    (tmp_path / "odd.csv").write_text("path,speaker,gender\na/x.flac,s,other\n")
+    with pytest.raises(InvalidDataset, match="line 2: gender 'other'"):
+        read_source(tmp_path / "odd.csv")
+    _wav(tmp_path / "g" / "female" / "ann" / "1.wav")
+    _wav(tmp_path / "g" / "male" / "bob" / "1.WAV")
+    clips = read_source(tmp_path / "g")
+    assert sorted((c.speaker, c.gender) for c in clips) == [("g_female_ann", "female"), ("g_male_bob", "male")]
+    with pytest.raises(InvalidDataset, match="not a manifest"):
+        read_source(tmp_path / "a")
+
+
+def test_sampler_balances_gender_not_clips():
+    clips = _clips(2, per_speaker=1) + [LabelledClip("/m", "c_male0", "male", "c")] * 200
+    waves = [np.ones(4000, np.float32)] * len(clips)
+    sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=8000, seed=0)
+    _, labels = sampler.draw(4000)
+    assert abs(labels.mean() - 0.5) < 0.03
+
+
+def test_augmentation_keeps_shape_and_is_seeded():
+    y = torch.randn(8, 8000)
+    a = augment_channel(y, sr=8000, generator=torch.Generator().manual_seed(0))
+    b = augment_channel(y, sr=8000, generator=torch.Generator().manual_seed(0))
+    assert a.shape == y.shape and torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5) and lr_at(100, cfg) == pytest.approx(0.0)
