@@ -6,8 +6,12 @@ value, so one bad file in a batch becomes one readable per-file error.
 from __future__ import annotations
 
 import os
+import stat
+import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -62,7 +66,7 @@ def find_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 
 def load_audio(
-    path: str | os.PathLike,
+    path: str | bytes | os.PathLike,
     *,
     sr: int,
     min_samples: int = 1,
@@ -72,48 +76,69 @@ def load_audio(
 
     Parameters
     ----------
-    path : file to read (WAV, FLAC, OGG, MP3; any letter case).
+    path : file to read (WAV, FLAC, OGG, MP3; any letter case, any file name
+        the operating system accepts, including non-UTF-8 bytes).
     sr : target sample rate; the file is resampled with soxr when it differs.
     min_samples : fewest samples (at ``sr``) that still hold one analysis frame.
     max_duration_s : longer recordings are refused before they are decoded.
+
+    Raises
+    ------
+    InvalidAudio (a subclass naming the problem) for any file that is not a
+    usable recording; ValueError for a bad ``sr``.
     """
-    path = Path(path)
-    _check_file(path)
-    info = _read_info(path)
-    _check_rate(info.samplerate, path)
-    if info.frames == 0:
-        raise NoSamples("the file holds zero samples", path=str(path))
-    duration_s = info.frames / info.samplerate
-    if duration_s > max_duration_s:
-        raise TooLong(f"{duration_s:.1f} s is longer than the limit of {max_duration_s:.0f} s", path=str(path))
-    y = _decode(path, info)
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+        raise ValueError(f"sr must be a positive number of Hz, got {sr!r}")
+    path = Path(os.fsdecode(path))
+    with _open_file(path) as f, _open_sound(f, path) as snd:
+        _check_rate(snd.samplerate, path)
+        if snd.frames <= 0:
+            raise NoSamples("the file holds zero samples", path=str(path))
+        duration_s = snd.frames / snd.samplerate
+        if duration_s > max_duration_s:
+            raise TooLong(f"{duration_s:.1f} s is longer than the limit of {max_duration_s:g} s", path=str(path))
+        _check_complete(f, snd, path)
+        y = _decode(snd, path)
     y = _to_mono(y)
     _check_samples(y, path)
-    if info.samplerate != sr:
-        y = soxr.resample(y, info.samplerate, sr, quality="HQ").astype(np.float32)
+    if snd.samplerate != sr:
+        y = soxr.resample(y, snd.samplerate, int(sr), quality="HQ").astype(np.float32)
     if len(y) < min_samples:
         raise TooShort(f"{len(y)} samples at {sr} Hz; at least {min_samples} are needed for one frame", path=str(path))
-    return Recording(y=y, sr=sr, source_sr=info.samplerate, duration_s=len(y) / sr)
+    return Recording(y=y, sr=int(sr), source_sr=snd.samplerate, duration_s=len(y) / sr)
 
 
-def _check_file(path: Path) -> None:
-    if path.is_dir():
-        raise UnreadableAudio("is a directory, not a file", path=str(path))
+@contextmanager
+def _open_file(path: Path) -> Iterator[BinaryIO]:
+    """Open a regular, non-empty file; stat first so a FIFO never blocks us."""
     try:
-        size = path.stat().st_size
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise UnreadableAudio("is a directory, not a file", path=str(path))
+        if not stat.S_ISREG(mode):
+            raise UnreadableAudio("is not a regular file", path=str(path))
+        f = open(path, "rb")  # noqa: SIM115 - closed below, after the decoder is done with it
     except FileNotFoundError:
         raise UnreadableAudio("file not found", path=str(path)) from None
     except OSError as exc:
-        raise UnreadableAudio(f"cannot be opened ({exc.strerror})", path=str(path)) from None
-    if size == 0:
-        raise EmptyFile("the file is empty (0 bytes)", path=str(path))
+        raise UnreadableAudio(f"cannot be opened ({exc.strerror or exc})", path=str(path)) from None
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise EmptyFile("the file is empty (0 bytes)", path=str(path))
+        yield f
 
 
-def _read_info(path: Path) -> sf._SoundFileInfo:
+@contextmanager
+def _open_sound(f: BinaryIO, path: Path) -> Iterator[sf.SoundFile]:
+    # By descriptor, not by name: libsndfile refuses paths over ~1 kB and
+    # soundfile encodes names as strict UTF-8, so either would lose a file
+    # that the operating system opened fine.
     try:
-        return sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        snd = sf.SoundFile(f.fileno(), closefd=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as exc:
         raise UnreadableAudio(f"not a readable audio file ({_short(exc)})", path=str(path)) from None
+    with snd:
+        yield snd
 
 
 def _check_rate(rate: int, path: Path) -> None:
@@ -123,19 +148,75 @@ def _check_rate(rate: int, path: Path) -> None:
         )
 
 
-def _decode(path: Path, info: sf._SoundFileInfo) -> np.ndarray:
+def _check_complete(f: BinaryIO, snd: sf.SoundFile, path: Path) -> None:
+    # libsndfile quietly shortens a cut-off WAV or AIFF to what the file holds
+    # (its frame count too), so the header's own count is read here.
+    declared = _declared_frames(f.fileno(), os.fstat(f.fileno()).st_size)
+    if declared is not None and declared > snd.frames:
+        raise UnreadableAudio(
+            f"truncated: header declares {declared} frames, file holds {snd.frames}", path=str(path)
+        )
+
+
+# WAVE format tags whose data size divides by block align into frames:
+# PCM, IEEE float, A-law, mu-law, extensible.
+_FRAME_CODED_WAV_TAGS = {0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE}
+# Sizes written by streaming encoders that could not seek back: unknown, not truncation.
+_UNKNOWN_SIZES = {0, 0xFFFFFFFF}
+
+
+def _declared_frames(fd: int, file_bytes: int) -> int | None:
+    """Frames a RIFF/WAVE or AIFF header promises; None when it does not say.
+
+    Reads with ``os.pread`` so the decoder's position in ``fd`` is untouched.
+    """
+    head = os.pread(fd, 12, 0)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        fmt, data = _find_chunks(fd, file_bytes, "<", (b"fmt ", b"data"))
+        if fmt is None or data is None or data[1] in _UNKNOWN_SIZES:
+            return None
+        body = os.pread(fd, 16, fmt[0])
+        if len(body) < 16:
+            return None
+        tag, block_align = struct.unpack_from("<H", body, 0)[0], struct.unpack_from("<H", body, 12)[0]
+        if tag not in _FRAME_CODED_WAV_TAGS or block_align == 0:
+            return None
+        return data[1] // block_align
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        (comm,) = _find_chunks(fd, file_bytes, ">", (b"COMM",))
+        body = os.pread(fd, 6, comm[0]) if comm else b""
+        if len(body) < 6:
+            return None
+        frames = struct.unpack_from(">I", body, 2)[0]
+        return None if frames in _UNKNOWN_SIZES else frames
+    return None
+
+
+def _find_chunks(
+    fd: int, file_bytes: int, endian: str, wanted: tuple[bytes, ...], max_chunks: int = 1000
+) -> list[tuple[int, int] | None]:
+    """(body offset, declared size) of the first chunk of each id in ``wanted``."""
+    found: dict[bytes, tuple[int, int]] = {}
+    offset = 12
+    for _ in range(max_chunks):
+        header = os.pread(fd, 8, offset)
+        if len(header) < 8:
+            break
+        chunk_id, size = header[:4], struct.unpack(endian + "I", header[4:])[0]
+        found.setdefault(chunk_id, (offset + 8, size))
+        if all(w in found for w in wanted) or offset + 8 + size >= file_bytes:
+            break
+        offset += 8 + size + (size & 1)  # chunks are padded to even length
+    return [found.get(w) for w in wanted]
+
+
+def _decode(snd: sf.SoundFile, path: Path) -> np.ndarray:
     try:
-        y, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, ValueError, MemoryError) as exc:
+        y = snd.read(dtype="float32", always_2d=True)  # (n, channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as exc:
         raise UnreadableAudio(f"decoding failed ({_short(exc)})", path=str(path)) from None
     if len(y) == 0:
         raise NoSamples("the file holds zero samples", path=str(path))
-    # libsndfile returns what it could read of a cut-off WAV without an error;
-    # a header that promises more frames than the file holds means truncation.
-    if info.format in ("WAV", "WAVEX", "AIFF") and len(y) < info.frames:
-        raise UnreadableAudio(
-            f"truncated: header declares {info.frames} frames, file holds {len(y)}", path=str(path)
-        )
     return y
 
 
@@ -159,8 +240,10 @@ def _dbfs(x: float) -> str:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    # LibsndfileError's str() names the descriptor ("Error opening 3: ..."); its
+    # error_string is the part that says what is wrong.
+    text = str(getattr(exc, "error_string", None) or exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def split_windows(y: np.ndarray, *, window: int, hop: int) -> np.ndarray:
@@ -178,6 +261,11 @@ def split_windows(y: np.ndarray, *, window: int, hop: int) -> np.ndarray:
         Longer clips get windows every ``hop`` samples, the last one aligned
         with the end so the tail is never dropped.
     """
+    if y.ndim != 1:
+        raise ValueError(f"y must be one-dimensional, got shape {y.shape}")
+    if not 1 <= hop <= window:
+        # hop > window would skip the samples between windows.
+        raise ValueError(f"need 1 <= hop <= window, got window={window}, hop={hop}")
     if len(y) <= window:
         out = np.zeros((1, window), dtype=np.float32)
         start = (window - len(y)) // 2
@@ -204,6 +292,8 @@ def speech_mask(windows: np.ndarray, *, floor_db: float = -55.0, below_loudest_d
     -------
     np.ndarray [shape=(n_windows,), dtype=bool]
     """
+    if len(windows) == 0:
+        return np.zeros(0, dtype=bool)
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1))
     level_db = 20 * np.log10(np.maximum(rms, 1e-12))
     mask = (level_db > floor_db) & (level_db > level_db.max() - below_loudest_db)

@@ -282,6 +282,10 @@ def synthesize_digit(*, speaker: SyntheticSpeaker, digit: int, repetition: int, 
     )
 
 
+# The women of the real AudioMNIST (its meta file); its gender folds use them.
+AUDIOMNIST_FEMALE_IDS = (12, 26, 28, 36, 43, 47, 52, 56, 57, 58, 59, 60)
+
+
 def write_audiomnist(
     root: str | os.PathLike,
     *,
@@ -291,8 +295,13 @@ def write_audiomnist(
     repetitions: int,
     sr: int = AUDIOMNIST_SR,
     seed: int = 0,
+    female_ids: Iterable[int] | None = None,
 ) -> Path:
     """Write a corpus in AudioMNIST's published layout and return its data dir.
+
+    ``female_ids`` fixes which speaker numbers are women (e.g.
+    ``AUDIOMNIST_FEMALE_IDS`` with 12 + 48 speakers mirrors the real corpus,
+    so its official gender folds apply); otherwise genders are interleaved.
 
     ``root/data/NN/D_NN_I.wav`` (speaker ``NN`` from 01, digit ``D``, take
     ``I`` from 0), 16-bit PCM mono WAV, and ``root/data/audioMNIST_meta.txt``:
@@ -304,7 +313,16 @@ def write_audiomnist(
     if not 0 < n_female + n_male <= 99:
         raise ValueError(f"AudioMNIST numbers speakers 01-99, got {n_female + n_male} speakers")
     data = Path(root) / "data"
-    speakers = make_speakers(n_female=n_female, n_male=n_male, seed=seed)
+    if female_ids is None:
+        speakers = make_speakers(n_female=n_female, n_male=n_male, seed=seed)
+    else:
+        women = set(female_ids)
+        if len(women) != n_female or not women <= set(range(1, n_female + n_male + 1)):
+            raise ValueError(f"female_ids {sorted(women)} must name {n_female} of speakers 1-{n_female + n_male}")
+        speakers = [
+            make_speaker(speaker_id=i, gender="female" if i in women else "male", seed=seed)
+            for i in range(1, n_female + n_male + 1)
+        ]
     for speaker in speakers:
         folder = data / f"{speaker.speaker_id:02d}"
         folder.mkdir(parents=True, exist_ok=True)
