@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from classifier.errors import InvalidCheckpoint, InvalidDataset
+from voicegender.service_cli import JobNotFound, add_service_commands
 from voicegender.settings import Settings
 
 log = logging.getLogger("voicegender")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="model version (default: a timestamp)")
     p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
     p.set_defaults(func=cmd_train)
+    add_service_commands(sub)
     return parser
 
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     _limit_threads(settings)
     try:
         return args.func(args, settings)
-    except (InvalidCheckpoint, InvalidDataset, FileNotFoundError, ValueError) as exc:
+    except (InvalidCheckpoint, InvalidDataset, FileNotFoundError, ValueError, JobNotFound) as exc:
         print(f"voicegender: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,19 +1,63 @@
-"""One settings object, read from ``VOICEGENDER_*`` environment variables."""
+"""One settings object, read from ``VOICEGENDER_*`` environment variables.
+
+Defaults work on a laptop with nothing installed: SQLite and a filesystem
+broker under the data directory. Point ``VOICEGENDER_BROKER_URL`` at Redis
+and ``VOICEGENDER_DATABASE_URL`` at PostgreSQL for a real deployment.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTER_MODEL = REPO_ROOT / "models" / "starter.pt"
+DEFAULT_TOKENS = {"", "changeme", "change-me", "secret", "token"}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VOICEGENDER_")
 
+    mode: Literal["development", "production"] = "development"
     data_dir: Path = Path.home() / ".local" / "share" / "voicegender"
+    database_url: str | None = None  # default: SQLite in data_dir
+    broker_url: str | None = None  # default: filesystem broker in data_dir
+    result_backend: str | None = None  # tasks keep no results; the job table is the truth
     model_path: Path = STARTER_MODEL
     batch_windows: int = 64
     max_duration_s: float = 1200.0
     torch_threads: int | None = None
+    chunk_size: int = 64
+    chunk_deadline_s: float = 300.0  # a pending chunk not finished by then is enqueued again
+    sweep_interval_s: float = 30.0
+    heartbeat_s: float = 5.0
+    task_time_limit_s: int = 1800
+    poll_interval_s: float = 0.02  # server-less broker polling
+    api_token: str | None = None
+    allowed_root: Path | None = None  # server-side folder submissions only below this
+    max_upload_bytes: int = 2 * 1024**3
+    max_files: int = 100_000
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> "Settings":
+        if self.mode == "production" and (self.api_token or "").strip().lower() in DEFAULT_TOKENS:
+            raise ValueError("VOICEGENDER_API_TOKEN must be set to a real secret when VOICEGENDER_MODE=production")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'voicegender.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"

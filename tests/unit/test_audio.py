@@ -1,4 +1,5 @@
 """Decoding, validation and windowing on files written here, whose answer is known."""
+import io
 import os
 import struct
 from pathlib import Path
@@ -352,6 +353,39 @@ def test_hostile_bytes_give_a_recording_or_invalid_audio(tmp_path, prefix, body,
     assert np.isfinite(rec.y).all()
 
 
+def _encoded(y: np.ndarray, fmt: str, subtype: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, y, SR, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+_VALID = [
+    (fmt, ext, sub) for fmt, ext, sub in [
+        ("WAV", ".wav", "PCM_16"), ("WAV", ".wav", "FLOAT"), ("WAVEX", ".wav", "PCM_24"), ("AIFF", ".wav", "PCM_16"),
+        ("FLAC", ".flac", "PCM_16"), ("OGG", ".ogg", "VORBIS"), ("MP3", ".mp3", "MPEG_LAYER_III"),
+    ] if fmt in sf.available_formats()
+]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(_VALID), cut=st.floats(0.0, 1.0),
+       patches=st.lists(st.tuples(st.integers(0, 300), st.binary(min_size=1, max_size=4)), max_size=6))
+def test_damaged_valid_files_give_a_recording_or_invalid_audio(tmp_path, which, cut, patches):
+    """Truncated and byte-patched real files: the shapes of damage decoders meet in practice."""
+    fmt, ext, subtype = which
+    data = bytearray(_encoded(_tone(SR // 8, SR), fmt, subtype))
+    data = data[: max(1, int(len(data) * cut))] if cut < 0.95 else data
+    for offset, patch in patches:
+        data[offset : offset + len(patch)] = patch
+    path = tmp_path / f"damaged{ext}"
+    path.write_bytes(bytes(data))
+    try:
+        rec = load_audio(path, sr=SR, max_duration_s=60.0)
+    except InvalidAudio:
+        return
+    assert rec.y.dtype == np.float32 and rec.y.ndim == 1 and np.isfinite(rec.y).all()
+
+
 # --- windows -------------------------------------------------------------------
 
 
@@ -420,6 +454,10 @@ def test_pauses_far_below_the_loudest_do_not_vote():
 def test_the_loudest_window_always_votes(db):
     windows = np.stack([np.zeros(1_600, dtype=np.float32), _level(db), np.zeros(1_600, dtype=np.float32)])
     np.testing.assert_array_equal(speech_mask(windows), [False, True, False])
+
+
+def test_no_windows_give_an_empty_mask():
+    assert speech_mask(np.zeros((0, 100), dtype=np.float32)).shape == (0,)
 
 
 def test_all_zero_windows_still_give_one_vote():

@@ -1,0 +1,1 @@
+"""The job table and model registry: SQLAlchemy schema, sessions, repository functions."""

@@ -1,0 +1,232 @@
+"""CLI commands of the job service: submit, status, results, report, jobs, cancel, worker, demo, db."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+import webbrowser
+from pathlib import Path
+
+from db import jobs as repo
+from db.schema import FINAL_JOB_STATES, Clip, Job
+from voicegender.bootstrap import Services, build_services
+from voicegender.settings import REPO_ROOT, Settings
+
+RESULT_COLUMNS = ("path", "prediction", "p_female", "duration_s", "windows", "error", "label")
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit a folder of recordings as a job")
+    p.add_argument("path", type=Path)
+    p.add_argument("--labels", type=Path, help="CSV with path,gender (default: labels.csv in the folder)")
+    p.add_argument("--idempotency-key", help="submitting again with the same key returns the same job")
+    p.add_argument("--wait", action="store_true", help="show progress until the job ends (starts an embedded worker if none is alive)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_submit)
+    for name, func, text in (("status", cmd_status, "a job's state and progress"), ("cancel", cmd_cancel, "cancel a job")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    p = sub.add_parser("results", help="a job's per-file results")
+    p.add_argument("job_id")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.set_defaults(func=cmd_results)
+    p = sub.add_parser("report", help="print the path of a job's HTML report")
+    p.add_argument("job_id")
+    p.add_argument("--open", action="store_true", help="open it in a browser")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("jobs", help="list jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_jobs)
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--concurrency", type=int, default=None, help="worker processes (default: CPU count)")
+    p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("demo", help="classify the bundled examples through a real worker and print the report path")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("db", help="database maintenance")
+    p.add_argument("action", choices=("upgrade",))
+    p.set_defaults(func=cmd_db)
+
+
+def _job(services: Services, job_id: str) -> Job:
+    with services.sessions() as s:
+        job = s.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+def job_status(services: Services, job_id: str) -> dict:
+    job = _job(services, job_id)
+    with services.sessions() as s:
+        counts = repo.job_counts(s, job_id)
+    return {
+        "id": job.id, "state": job.state, "total": job.total, "done": counts["done"], "failed": counts["failed"],
+        "pending": counts["pending"], "cancelled": counts["cancelled"], "model_version": job.model_version,
+        "report": job.report_path, "label_source": job.label_source, "source": job.source, "error": job.error,
+        "created_at": str(job.created_at), "finished_at": None if job.finished_at is None else str(job.finished_at),
+    }
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.submit import submit_folder
+
+    services = build_services(settings)
+    job, created = submit_folder(settings, services.sessions, services.app, args.path.resolve(), labels_csv=args.labels, idempotency_key=args.idempotency_key)
+    if not args.wait:
+        print(json.dumps(job_status(services, job.id)) if args.json else job.id)
+        return 0
+    print(job.id, file=sys.stderr)
+    state = wait_for_job(services, job.id)
+    status = job_status(services, job.id)
+    print(json.dumps(status) if args.json else f"{job.id} {state} report: {status['report']}")
+    return 0 if state in ("done", "done_with_errors") else 1
+
+
+def wait_for_job(services: Services, job_id: str, *, poll_s: float = 0.2) -> str:
+    """Progress bar until the job ends; starts an embedded worker when none is alive."""
+    from tqdm import tqdm
+
+    embedded = None
+    with services.sessions() as s:
+        if not repo.live_workers(s, within_s=3 * services.settings.heartbeat_s):
+            embedded = start_embedded_worker()
+    try:
+        with tqdm(total=_job(services, job_id).total, unit="file", file=sys.stderr, desc="classifying") as bar:
+            while True:
+                status = job_status(services, job_id)
+                bar.update(status["done"] + status["failed"] + status["cancelled"] - bar.n)
+                if status["state"] in FINAL_JOB_STATES:
+                    return status["state"]
+                if embedded is not None and embedded.poll() is not None:
+                    raise RuntimeError(f"the embedded worker exited with code {embedded.returncode}")
+                time.sleep(poll_s)
+    finally:
+        if embedded is not None:
+            stop_worker(embedded)
+
+
+def start_embedded_worker() -> subprocess.Popen:
+    """A real worker process (solo pool) for the duration of one command."""
+    cmd = [sys.executable, "-m", "voicegender", "worker", "--pool", "solo", "--concurrency", "1"]
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_worker(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    proc.terminate()  # Celery's warm shutdown: finishes the current task
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    status = job_status(build_services(settings), args.job_id)
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print(f"{status['id']} {status['state']} {status['done'] + status['failed']}/{status['total']} (failed {status['failed']}) model {status['model_version']}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    services = build_services(settings)
+    with services.sessions() as s:
+        if repo.request_cancel(s, args.job_id) is None:
+            raise JobNotFound(f"no job with id {args.job_id}")
+    services.app.send_task("worker.tasks.finalize_job", args=[args.job_id])
+    print(json.dumps(job_status(services, args.job_id)) if args.json else f"{args.job_id} cancel requested")
+    return 0
+
+
+def job_results(services: Services, job_id: str) -> list[dict]:
+    _job(services, job_id)
+    with services.sessions() as s:
+        clips = s.query(Clip).filter(Clip.job_id == job_id).order_by(Clip.position).all()
+    return [
+        {"path": c.path, "prediction": c.prediction or "", "p_female": "" if c.p_female is None else round(c.p_female, 4),
+         "duration_s": "" if c.duration_s is None else round(c.duration_s, 3), "windows": c.windows or 0,
+         "error": c.error or "", "label": c.label or ""}
+        for c in clips
+    ]
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    rows = job_results(build_services(settings), args.job_id)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    job = _job(build_services(settings), args.job_id)
+    if not job.report_path:
+        print(f"voicegender: job {job.id} has no report yet (state {job.state})", file=sys.stderr)
+        return 1
+    print(job.report_path)
+    if args.open:
+        webbrowser.open(Path(job.report_path).as_uri())
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    services = build_services(settings)
+    with services.sessions() as s:
+        ids = [j.id for j in repo.list_jobs(s, limit=args.limit)]
+    statuses = [job_status(services, i) for i in ids]
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+    for st in [] if args.json else statuses:
+        print(f"{st['id']}  {st['state']:<16} {st['done'] + st['failed']}/{st['total']}  {st['source']}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.app import install_worker_signals, worker_name
+
+    services = build_services(settings)
+    install_worker_signals(services.app)
+    argv = ["worker", "--loglevel=INFO", f"--pool={args.pool}", "-n", worker_name()]
+    if args.concurrency:
+        argv.append(f"--concurrency={args.concurrency}")
+    services.app.worker_main(argv)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.submit import submit_folder
+
+    services = build_services(settings)
+    job, _ = submit_folder(settings, services.sessions, services.app, REPO_ROOT / "examples")
+    print(f"job {job.id}: {job.total} recordings from examples/", file=sys.stderr)
+    state = wait_for_job(services, job.id)
+    status = job_status(services, job.id)
+    for row in job_results(services, job.id):
+        print(f"{row['path']:<45} {row['prediction']:<7} p_female={row['p_female']}  label={row['label']}", file=sys.stderr)
+    print(f"state: {state}", file=sys.stderr)
+    print(status["report"])
+    return 0 if state in ("done", "done_with_errors") else 1
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from db.migrate import upgrade_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.db_url)
+    print(f"database at head: {settings.db_url}")
+    return 0

@@ -1,0 +1,1 @@
+"""Celery workers: process a job in chunks, finalize it, sweep for lost work."""

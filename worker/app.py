@@ -1,0 +1,167 @@
+"""The Celery app, built from settings by the composition root (never at import).
+
+Tasks only say how to run an action as a task; the work is in
+:mod:`worker.jobs`. Messages are doorbells: the job table is the truth, and
+each worker's heartbeat thread sweeps for chunks whose message was lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import Celery, signals
+from kombu.transport import filesystem
+
+from db import jobs as repo
+from voicegender.settings import Settings
+from worker import jobs
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+PROCESS_JOB = "worker.tasks.process_job"
+CLASSIFY_CHUNK = "worker.tasks.classify_chunk"
+FINALIZE_JOB = "worker.tasks.finalize_job"
+SWEEP = "worker.tasks.sweep"
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A configured app with its tasks registered."""
+    app = Celery("voicegender")
+    app.conf.update(_celery_config(settings))
+    app.voicegender_settings = settings
+    _register_tasks(app)
+    return app
+
+
+def _celery_config(settings: Settings) -> dict:
+    longest_task_s = settings.task_time_limit_s
+    conf = {
+        "broker_url": settings.broker,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": longest_task_s,
+        "task_soft_time_limit": longest_task_s - 30,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        # Redis redelivers an unacknowledged task after this; above the longest task.
+        "broker_transport_options": {"visibility_timeout": 2 * longest_task_s},
+    }
+    if settings.broker.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+        }
+        # Set on the class: kombu's virtual transport crashes the worker when
+        # polling_interval comes through transport options for this transport.
+        filesystem.Transport.polling_interval = settings.poll_interval_s
+    return conf
+
+
+_runtimes: dict[int, Runtime] = {}
+
+
+def runtime(app: Celery) -> Runtime:
+    """This process's runtime, created on first use; keyed by pid so a forked
+    child never shares its parent's database connections."""
+    pid = os.getpid()
+    if pid not in _runtimes:
+        _runtimes.clear()
+        _runtimes[pid] = Runtime.create(app.voicegender_settings)
+    return _runtimes[pid]
+
+
+def _register_tasks(app: Celery) -> None:
+    @app.task(name=PROCESS_JOB)
+    def process_job(job_id: str) -> None:
+        indices = jobs.start_job(runtime(app), job_id)
+        enqueue_chunks(app, job_id, indices)
+
+    @app.task(name=CLASSIFY_CHUNK)
+    def classify_chunk(job_id: str, index: int) -> None:
+        if jobs.run_chunk(runtime(app), job_id, index):
+            app.send_task(FINALIZE_JOB, args=[job_id])
+
+    @app.task(name=FINALIZE_JOB)
+    def finalize_job(job_id: str) -> None:
+        jobs.finalize(runtime(app), job_id)
+
+    @app.task(name=SWEEP)
+    def sweep() -> int:
+        return run_sweep(app)
+
+
+def enqueue_chunks(app: Celery, job_id: str, indices: list[int]) -> None:
+    """Record the enqueue time first, so the sweep measures its deadline from now."""
+    if not indices:
+        app.send_task(FINALIZE_JOB, args=[job_id])
+        return
+    with runtime(app).sessions() as s:
+        repo.mark_chunks_enqueued(s, job_id, indices)
+    for index in indices:
+        app.send_task(CLASSIFY_CHUNK, args=[job_id, index])
+
+
+def run_sweep(app: Celery) -> int:
+    return jobs.sweep(
+        runtime(app),
+        enqueue=lambda job_id, index: app.send_task(CLASSIFY_CHUNK, args=[job_id, index]),
+        finalize_later=lambda job_id: app.send_task(FINALIZE_JOB, args=[job_id]),
+    )
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat(threading.Thread):
+    """Writes this worker's heartbeat and runs the sweep, in the worker's main process."""
+
+    def __init__(self, app: Celery) -> None:
+        super().__init__(name="voicegender-heartbeat", daemon=True)
+        self.app = app
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        settings = self.app.voicegender_settings
+        rt = Runtime(settings=settings, sessions=runtime(self.app).sessions)
+        since_sweep = settings.sweep_interval_s  # sweep at start-up
+        while not self.stopped.is_set():
+            try:
+                with rt.sessions() as s:
+                    repo.beat(s, worker_name())
+                if since_sweep >= settings.sweep_interval_s:
+                    run_sweep(self.app)
+                    since_sweep = 0.0
+            except Exception:  # a database hiccup must not kill the heartbeat
+                log.exception("heartbeat/sweep failed; retrying")
+            self.stopped.wait(settings.heartbeat_s)
+            since_sweep += settings.heartbeat_s
+
+
+def install_worker_signals(app: Celery) -> None:
+    """Start the heartbeat when the worker is ready; forget it at shutdown."""
+    holder: dict[str, Heartbeat] = {}
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_kwargs) -> None:
+        holder["hb"] = Heartbeat(app)
+        holder["hb"].start()
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_kwargs) -> None:
+        if "hb" in holder:
+            holder["hb"].stopped.set()
+        with runtime(app).sessions() as s:
+            repo.forget_worker(s, worker_name())

@@ -1,0 +1,135 @@
+"""What the tasks do, as plain functions of a :class:`Runtime` (tests call them directly)."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from classifier.pipeline import ClipResult
+from db import jobs as repo
+from db.schema import Job, utcnow
+from classifier.features import feature_axis
+from classifier.model import ModelBundle
+from db.schema import Clip
+from reports.job_report import JobReportData, write_job_report
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+Enqueue = Callable[[str, int], None]
+
+
+def start_job(rt: Runtime, job_id: str) -> list[int]:
+    """Mark the job running with the current model; returns the chunks still to do."""
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.cancel_requested:
+            return []
+        repo.mark_job_running(s, job_id, model_version=rt.model().version)
+        return repo.pending_chunk_indices(s, job_id)
+
+
+def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
+    """Classify one chunk's pending clips and record them; True when the job has no pending chunk left.
+
+    Idempotent: clips already recorded are skipped, and a result is written
+    only while its clip is still pending.
+    """
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return False
+        if job.state == "queued":
+            repo.mark_job_running(s, job_id, model_version=rt.model().version)
+        todo = [c for c in repo.chunk_clips(s, job_id, index) if c.state == "pending"]
+        input_dir = Path(job.input_dir)
+    if todo:
+        classifier = rt.classifier()
+        started = time.perf_counter()
+        results = classifier.classify_files([input_dir / c.path for c in todo])
+        per_clip_ms = 1000 * (time.perf_counter() - started) / len(todo)
+        with rt.sessions() as s:
+            for clip, result in zip(todo, results):
+                repo.write_clip_result(s, clip.id, _clip_values(result, classifier.bundle.version, per_clip_ms))
+            repo.finish_chunk(s, job_id, index)
+            s.commit()
+    else:
+        with rt.sessions() as s:
+            repo.finish_chunk(s, job_id, index)
+            s.commit()
+    with rt.sessions() as s:
+        return not repo.pending_chunk_indices(s, job_id)
+
+
+def _clip_values(r: ClipResult, model_version: str, processing_ms: float) -> dict:
+    return {
+        "state": "failed" if r.error else "done",
+        "prediction": r.prediction,
+        "p_female": r.p_female,
+        "log_odds": r.log_odds,
+        "duration_s": r.duration_s,
+        "windows": r.windows,
+        "attention": None if r.attention is None else [round(float(v), 5) for v in r.attention],
+        "error": r.error,
+        "error_reason": r.error_reason,
+        "model_version": model_version,
+        "processing_ms": processing_ms,
+    }
+
+
+def finalize(rt: Runtime, job_id: str) -> str | None:
+    """Render the report and settle the job's state; a second call changes nothing."""
+    with rt.sessions() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.finished_at is not None:
+            return None if job is None else job.state
+        report_path = rt.settings.jobs_dir / job_id / "report.html"
+        try:
+            write_job_report(report_path, report_data(s, job, rt.model()))
+            job = repo.finalize_job_row(s, job_id, report_path=str(report_path))
+        except OSError as exc:
+            s.rollback()
+            job = repo.finalize_job_row(s, job_id, report_path=None, error=f"could not write the report: {exc}")
+        log.info("job %s finished: %s", job_id, job.state)
+        return job.state
+
+
+def sweep(rt: Runtime, enqueue: Enqueue, finalize_later: Callable[[str], None]) -> int:
+    """Enqueue chunks pending past the deadline again and finalize jobs whose finalize was lost."""
+    older_than = utcnow() - timedelta(seconds=rt.settings.chunk_deadline_s)
+    with rt.sessions() as s:
+        stale = repo.stale_chunks(s, older_than=older_than)
+        for job_id, index in stale:
+            repo.mark_chunks_enqueued(s, job_id, [index])
+            enqueue(job_id, index)
+        orphans = repo.unfinished_jobs_without_pending_chunks(s)
+    for job_id in orphans:
+        finalize_later(job_id)
+    if stale or orphans:
+        log.info("sweep: re-enqueued %d chunk(s), finalizing %d job(s)", len(stale), len(orphans))
+    return len(stale)
+
+
+def report_data(s: Session, job: Job, bundle: ModelBundle) -> JobReportData:
+    """Plain values for the report, read from the job table."""
+    axis, label = feature_axis(bundle.features)
+    clips = s.scalars(select(Clip).where(Clip.job_id == job.id).order_by(Clip.position))
+    return JobReportData(
+        job_id=job.id,
+        state=job.state if job.finished_at else "finishing",
+        source=job.source,
+        label_source=job.label_source,
+        model_version=job.model_version or bundle.version,
+        model_metrics=bundle.metrics,
+        feature_axis=[float(v) for v in axis],
+        feature_axis_label=label,
+        created_at=str(job.created_at)[:19],
+        finished_at=str(utcnow())[:19],
+        clips=[
+            {k: getattr(c, k) for k in ("path", "label", "prediction", "p_female", "duration_s", "windows", "error", "error_reason", "attention")}
+            for c in clips
+        ],
+    )
