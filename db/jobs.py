@@ -182,3 +182,33 @@ def forget_worker(session: Session, name: str) -> None:
     if row is not None:
         session.delete(row)
         session.commit()
+
+
+def job_status(session: Session, job_id: str) -> dict[str, Any] | None:
+    """A job's state and progress as plain values (CLI ``status --json`` and ``GET /jobs/{id}``)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    counts = job_counts(session, job_id)
+    return {
+        "id": job.id, "state": job.state, "total": job.total, "done": counts["done"], "failed": counts["failed"],
+        "pending": counts["pending"], "cancelled": counts["cancelled"], "model_version": job.model_version,
+        "report": job.report_path, "label_source": job.label_source, "source": job.source, "error": job.error,
+        "created_at": job.created_at.isoformat(), "finished_at": None if job.finished_at is None else job.finished_at.isoformat(),
+    }
+
+
+RESULT_COLUMNS = ("path", "prediction", "p_female", "duration_s", "windows", "error", "label")
+
+
+def job_results(session: Session, job_id: str) -> list[dict[str, Any]] | None:
+    """Per-file rows with the ``classify`` columns plus ``label``; None for an unknown job."""
+    if session.get(Job, job_id) is None:
+        return None
+    clips = session.scalars(select(Clip).where(Clip.job_id == job_id).order_by(Clip.position))
+    return [
+        {"path": c.path, "prediction": c.prediction or "", "p_female": "" if c.p_female is None else round(c.p_female, 4),
+         "duration_s": "" if c.duration_s is None else round(c.duration_s, 3), "windows": c.windows or 0,
+         "error": c.error or "", "label": c.label or ""}
+        for c in clips
+    ]

@@ -11,11 +11,10 @@ import webbrowser
 from pathlib import Path
 
 from db import jobs as repo
-from db.schema import FINAL_JOB_STATES, Clip, Job
+from db.schema import FINAL_JOB_STATES, Job
 from voicegender.bootstrap import Services, build_services
 from voicegender.settings import REPO_ROOT, Settings
 
-RESULT_COLUMNS = ("path", "prediction", "p_female", "duration_s", "windows", "error", "label")
 
 
 class JobNotFound(LookupError):
@@ -67,15 +66,11 @@ def _job(services: Services, job_id: str) -> Job:
 
 
 def job_status(services: Services, job_id: str) -> dict:
-    job = _job(services, job_id)
     with services.sessions() as s:
-        counts = repo.job_counts(s, job_id)
-    return {
-        "id": job.id, "state": job.state, "total": job.total, "done": counts["done"], "failed": counts["failed"],
-        "pending": counts["pending"], "cancelled": counts["cancelled"], "model_version": job.model_version,
-        "report": job.report_path, "label_source": job.label_source, "source": job.source, "error": job.error,
-        "created_at": str(job.created_at), "finished_at": None if job.finished_at is None else str(job.finished_at),
-    }
+        status = repo.job_status(s, job_id)
+    if status is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return status
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,15 +146,11 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def job_results(services: Services, job_id: str) -> list[dict]:
-    _job(services, job_id)
     with services.sessions() as s:
-        clips = s.query(Clip).filter(Clip.job_id == job_id).order_by(Clip.position).all()
-    return [
-        {"path": c.path, "prediction": c.prediction or "", "p_female": "" if c.p_female is None else round(c.p_female, 4),
-         "duration_s": "" if c.duration_s is None else round(c.duration_s, 3), "windows": c.windows or 0,
-         "error": c.error or "", "label": c.label or ""}
-        for c in clips
-    ]
+        rows = repo.job_results(s, job_id)
+    if rows is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return rows
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
@@ -167,7 +158,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        writer = csv.DictWriter(sys.stdout, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=repo.RESULT_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return 0
