@@ -95,6 +95,7 @@ def train_split(
         if progress:
             progress(step, losses[-1])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            model.eval()  # BatchNorm must use its running statistics, never the validation batch's
             val = evaluate(bundle, clips, waves, split.val)
             model.train()
             curve.append({"step": step + 1, "train_loss": float(np.mean(losses[-cfg.eval_every :])), "val_balanced_accuracy": val["balanced_accuracy"], "elapsed_s": time.monotonic() - started})
@@ -105,6 +106,30 @@ def train_split(
     metrics = evaluate(bundle, clips, waves, split.val)
     metrics.update(ece, learning_curve=curve, train_seconds=time.monotonic() - started, crops_seen=cfg.steps * cfg.batch_size)
     return bundle, metrics
+
+
+def reestimate_batchnorm(model, sampler: BalancedCropSampler, features: FeatureConfig, cfg: TrainConfig, *, n_batches: int = 50) -> None:
+    """Recompute BatchNorm running statistics from training batches (as torch.optim.swa_utils.update_bn).
+
+    Used to repair a checkpoint whose statistics were disturbed; leaves the model in eval mode.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(n_batches):
+            crops, _ = sampler.draw(cfg.batch_size)
+            y = torch.from_numpy(crops)
+            if cfg.augment:
+                y = augment_channel(y, sr=features.sample_rate, generator=gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                model(compute_features(y, features))
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
 
 
 def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
