@@ -16,7 +16,7 @@ $(BIN)/voicegender: pyproject.toml
 setup: $(BIN)/voicegender
 
 demo: setup
-	$(BIN)/voicegender classify examples/
+	$(BIN)/voicegender demo
 
 test: setup
 	$(BIN)/python -m pytest -q
