@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default=None, help="model version (default: a timestamp)")
     p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("record", help="record your own voice from the microphone and classify it")
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--out", type=Path, default=Path("recording.wav"))
+    p.add_argument("--model", type=Path)
+    p.set_defaults(func=cmd_record)
     add_service_commands(sub)
     return parser
 
@@ -129,3 +135,35 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     for ckpt in result.checkpoints:
         print(ckpt)
     return 0
+
+
+class MicrophoneUnavailable(RuntimeError):
+    pass
+
+
+def record_wav(path: Path, *, seconds: float, sr: int = 16_000) -> None:
+    """Record mono 16-bit audio with sounddevice (the ``record`` extra)."""
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:  # OSError: PortAudio library missing
+        raise MicrophoneUnavailable(f"recording needs the sounddevice package and PortAudio ({exc}); pip install 'voicegender[record]'") from None
+    try:
+        sd.query_devices(kind="input")
+        print("Speak now!", file=sys.stderr)
+        y = sd.rec(int(seconds * sr), samplerate=sr, channels=1, dtype="int16")
+        sd.wait()
+    except Exception as exc:  # PortAudio raises its own error types
+        raise MicrophoneUnavailable(f"no microphone available ({exc})") from None
+    import soundfile as sf
+
+    sf.write(path, y, sr, subtype="PCM_16")
+
+
+def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        record_wav(args.out, seconds=args.seconds)
+    except MicrophoneUnavailable as exc:
+        print(f"voicegender: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"saved {args.out}", file=sys.stderr)
+    return cmd_classify(argparse.Namespace(paths=[args.out], model=args.model, format="csv", min_confidence=None), settings)

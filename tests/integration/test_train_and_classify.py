@@ -85,3 +85,11 @@ def test_audiomnist_official_folds_report_mean_and_std(tmp_path):
         split = json.loads((out / f"fold{k}" / "split.json").read_text())
         assert len(split["train_speakers"]) == 12 and len(split["val_speakers"]) == 6 and len(split["test_speakers"]) == 6
         assert (out / f"fold{k}" / "model.pt").is_file()
+
+
+def test_record_without_a_microphone_fails_with_one_line(tmp_path):
+    proc = run_cli("record", "--out", str(tmp_path / "r.wav"), check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("voicegender: error:") and ("microphone" in lines[-1] or "sounddevice" in lines[-1])
+    assert not (tmp_path / "r.wav").exists()
