@@ -99,8 +99,12 @@ def write_clip_result(session: Session, clip_id: int, values: dict[str, Any]) ->
     return result.rowcount == 1
 
 
-def finish_chunk(session: Session, job_id: str, index: int, *, state: str = "done") -> None:
-    session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.index == index, Chunk.state == "pending").values(state=state, finished_at=utcnow()))
+def finish_chunk(session: Session, job_id: str, index: int, *, state: str = "done") -> bool:
+    """Settle a pending chunk; False when it was already settled (a duplicate message)."""
+    result = session.execute(
+        update(Chunk).where(Chunk.job_id == job_id, Chunk.index == index, Chunk.state == "pending").values(state=state, finished_at=utcnow())
+    )
+    return result.rowcount == 1
 
 
 def mark_chunks_enqueued(session: Session, job_id: str, indices: list[int]) -> None:
@@ -115,12 +119,18 @@ def pending_chunk_indices(session: Session, job_id: str) -> list[int]:
 
 
 def stale_chunks(session: Session, *, older_than: datetime) -> list[tuple[str, int]]:
-    """Pending chunks of live jobs whose last enqueue is older than ``older_than`` (or never)."""
+    """Pending chunks of live jobs whose last enqueue is older than ``older_than``.
+
+    A chunk never enqueued counts from its job's creation: its ``process_job``
+    message may simply not have come up yet, and enqueueing it at once would
+    double every job a sweep sees between its submit and its ``process_job``.
+    """
+    never_enqueued = Chunk.enqueued_at.is_(None) & (Job.created_at < older_than)
     rows = session.execute(
         select(Chunk.job_id, Chunk.index)
         .join(Job, Job.id == Chunk.job_id)
         .where(Chunk.state == "pending", Job.state.in_(("queued", "running")))
-        .where((Chunk.enqueued_at.is_(None)) | (Chunk.enqueued_at < older_than))
+        .where(never_enqueued | (Chunk.enqueued_at < older_than))
         .order_by(Job.created_at, Chunk.index)
     ).all()
     return [(job_id, index) for job_id, index in rows]

@@ -33,10 +33,12 @@ def start_job(rt: Runtime, job_id: str) -> list[int]:
 
 
 def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
-    """Classify one chunk's pending clips and record them; True when the job has no pending chunk left.
+    """Classify one chunk's pending clips and record them.
 
-    Idempotent: clips already recorded are skipped, and a result is written
-    only while its clip is still pending.
+    Returns True when this call settled the job's last pending chunk, so the
+    finalize is sent once (a lost one is found by the sweep). Idempotent:
+    clips already recorded are skipped, and a result is written only while
+    its clip is still pending.
     """
     with rt.sessions() as s:
         job = s.get(Job, job_id)
@@ -46,22 +48,21 @@ def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
             repo.mark_job_running(s, job_id, model_version=rt.model().version)
         todo = [c for c in repo.chunk_clips(s, job_id, index) if c.state == "pending"]
         input_dir = Path(job.input_dir)
-    if todo:
-        classifier = rt.classifier()
-        started = time.perf_counter()
-        results = classifier.classify_files([input_dir / c.path for c in todo])
-        per_clip_ms = 1000 * (time.perf_counter() - started) / len(todo)
-        with rt.sessions() as s:
-            for clip, result in zip(todo, results):
-                repo.write_clip_result(s, clip.id, _clip_values(result, classifier.bundle.version, per_clip_ms))
-            repo.finish_chunk(s, job_id, index)
-            s.commit()
-    else:
-        with rt.sessions() as s:
-            repo.finish_chunk(s, job_id, index)
-            s.commit()
+    values = _classify(rt, input_dir, todo) if todo else []
     with rt.sessions() as s:
-        return not repo.pending_chunk_indices(s, job_id)
+        for clip, v in zip(todo, values):
+            repo.write_clip_result(s, clip.id, v)
+        settled = repo.finish_chunk(s, job_id, index)
+        s.commit()
+        return settled and not repo.pending_chunk_indices(s, job_id)
+
+
+def _classify(rt: Runtime, input_dir: Path, clips: list) -> list[dict]:
+    classifier = rt.classifier()
+    started = time.perf_counter()
+    results = classifier.classify_files([input_dir / c.path for c in clips])
+    per_clip_ms = 1000 * (time.perf_counter() - started) / len(clips)
+    return [_clip_values(r, classifier.bundle.version, per_clip_ms) for r in results]
 
 
 def _clip_values(r: ClipResult, model_version: str, processing_ms: float) -> dict:
