@@ -50,6 +50,10 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("api", help="serve the HTTP API (OpenAPI docs at /docs)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_api)
     p = sub.add_parser("demo", help="classify the bundled examples through a real worker and print the report path")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("db", help="database maintenance")
@@ -196,6 +200,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.concurrency:
         argv.append(f"--concurrency={args.concurrency}")
     services.app.worker_main(argv)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_api
+
+    # factory=True: the app (engine, Celery app) is built when uvicorn starts, not at import.
+    uvicorn.run(lambda: create_api(build_services(settings)), factory=True, host=args.host, port=args.port)
     return 0
 
 
