@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Named constraints, so migrations can alter them on SQLite (batch mode) and PostgreSQL alike.
@@ -96,10 +96,25 @@ class Chunk(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+MODEL_STATES = ("candidate", "active", "retired")
+RUN_STATES = ("running", "done", "failed")
+
+
+def _only_one(table: str, column: str, value: str) -> Index:
+    """A partial unique index: at most one row of ``table`` has ``column = value``.
+
+    The database, not the application, keeps a second row out, whichever
+    process (or machine) tries to write it.
+    """
+    where = text(f"{column} = '{value}'")
+    return Index(f"uq_{table}_one_{value}", column, unique=True, sqlite_where=where, postgresql_where=where)
+
+
 class ModelVersion(Base):
-    """The model registry; exactly one row is ``active``."""
+    """The model registry; exactly one row is ``active`` (a partial unique index keeps a second out)."""
 
     __tablename__ = "models"
+    __table_args__ = (_only_one("models", "status", "active"),)
 
     version: Mapped[str] = mapped_column(String(100), primary_key=True)
     path: Mapped[str] = mapped_column(Text)
@@ -113,13 +128,24 @@ class ModelVersion(Base):
 
 
 class TrainingRun(Base):
+    """One retrain; the ``running`` row is the retrain lock (a partial unique index allows one)."""
+
     __tablename__ = "training_runs"
+    __table_args__ = (_only_one("training_runs", "state", "running"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     state: Mapped[str] = mapped_column(String(12), default="running")  # running|done|failed
+    trigger: Mapped[str | None] = mapped_column(String(20))  # manual|schedule
+    stage: Mapped[str | None] = mapped_column(String(40))  # what it is doing now, for status
+    worker: Mapped[str | None] = mapped_column(String(200))  # host:pid that claimed it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # stale -> the worker died
+    active_version: Mapped[str | None] = mapped_column(String(100))  # the model it was compared with
     candidate_version: Mapped[str | None] = mapped_column(String(100))
+    held_out_speakers: Mapped[list[str] | None] = mapped_column(JSON)  # fixed by the first run that set it
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # both models on the held-out speakers
     decision: Mapped[str | None] = mapped_column(String(20))  # promoted|refused
     reason: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
     report_path: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
