@@ -12,10 +12,10 @@ from training.data import load_waveforms
 from training.loop import TrainConfig, train_split, write_run
 from training.metrics import mean_std
 from training.sources import LabelledClip, read_source
-from training.splits import Split, audiomnist_gender_folds, split_by_speaker, split_random_clips
+from training.splits import Split, audiomnist_gender_folds, split_by_corpus, split_by_speaker, split_random_clips
 
 log = logging.getLogger(__name__)
-SPLIT_KINDS = ("speaker", "audiomnist-folds", "random-clips")
+SPLIT_KINDS = ("speaker", "audiomnist-folds", "random-clips", "corpus")
 
 
 @dataclass
@@ -36,7 +36,11 @@ def feature_config_for(kind: str) -> FeatureConfig:
     raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
 
 
-def make_splits(clips: list[LabelledClip], kind: str, *, seed: int, val_fraction: float) -> list[Split]:
+def make_splits(clips: list[LabelledClip], kind: str, *, seed: int, val_fraction: float, held_out: list[str] | None = None) -> list[Split]:
+    if kind == "corpus":
+        if not held_out:
+            raise ValueError("split 'corpus' needs the corpora to hold out (--holdout-corpus NAME)")
+        return [split_by_corpus(clips, held_out)]
     if kind == "speaker":
         return [split_by_speaker(clips, val_fraction=val_fraction, seed=seed)]
     if kind == "audiomnist-folds":
@@ -66,13 +70,14 @@ def run_training(
     version: str,
     cache_dir: Path | None = None,
     progress_factory=None,
+    held_out_corpora: list[str] | None = None,
 ) -> RunResult:
     """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics."""
     clips = [c for s in sources for c in read_source(s)]
     features = feature_config_for(feature_kind)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
-    splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction)
+    splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)
     checkpoints, fold_metrics = [], []
     for k, split in enumerate(splits):
         progress = progress_factory(split.name, cfg.steps) if progress_factory else None

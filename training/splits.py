@@ -61,6 +61,19 @@ def split_by_speaker(clips: list[LabelledClip], *, val_fraction: float = 0.15, s
     return Split(name=f"speaker-seed{seed}", kind="speaker_disjoint", train=train, val=val, seed=seed)
 
 
+def split_by_corpus(clips: list[LabelledClip], held_out: list[str]) -> Split:
+    """Hold out whole corpora: how the model transfers to recordings unlike any it trained on."""
+    corpora = {c.corpus for c in clips}
+    unknown = sorted(set(held_out) - corpora)
+    if unknown:
+        raise InvalidDataset(f"no corpus named {', '.join(unknown)}: the sources hold {', '.join(sorted(corpora))}")
+    train = [i for i, c in enumerate(clips) if c.corpus not in held_out]
+    val = [i for i, c in enumerate(clips) if c.corpus in held_out]
+    _require_both_genders(clips, train, "training")
+    _require_both_genders(clips, val, "validation")
+    return Split(name="corpus-" + "+".join(sorted(held_out)), kind="corpus_disjoint", train=train, val=val)
+
+
 def audiomnist_gender_folds(clips: list[LabelledClip]) -> list[Split]:
     """AudioMNIST's official 4-fold gender split, for comparison with the paper."""
     by_number = {}

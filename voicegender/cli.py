@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, split.json")
     p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
-    p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips"), default="speaker")
+    p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips", "corpus"), default="speaker")
+    p.add_argument("--holdout-corpus", action="append", default=[], metavar="NAME", help="with --split corpus: validate on this whole corpus (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
@@ -129,7 +130,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
         return update
 
-    result = run_training(args.sources, args.out, feature_kind=args.features, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory)
+    result = run_training(args.sources, args.out, feature_kind=args.features, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus)
     s = result.summary
     print(f"balanced accuracy {s['balanced_accuracy']['mean']:.4f} +- {s['balanced_accuracy']['std']:.4f} over {s['folds']} split(s)" + (" (speakers shared between train and validation)" if s["speaker_overlap"] else ""))
     for ckpt in result.checkpoints:

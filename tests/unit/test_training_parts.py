@@ -11,7 +11,7 @@ from training.data import BalancedCropSampler, augment_channel
 from training.loop import fit_platt, lr_at, TrainConfig
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy
 from training.sources import LabelledClip, read_source
-from training.splits import AUDIOMNIST_GENDER_FOLDS, audiomnist_gender_folds, split_by_speaker, split_random_clips
+from training.splits import AUDIOMNIST_GENDER_FOLDS, audiomnist_gender_folds, split_by_corpus, split_by_speaker, split_random_clips
 
 
 def _wav(path, seconds=0.3, sr=8000):
@@ -62,6 +62,18 @@ def test_speaker_split_is_disjoint_stratified_and_seeded():
     assert split_by_speaker(clips, val_fraction=0.2, seed=2).val != split.val
     info = split.to_dict(clips)
     assert info["kind"] == "speaker_disjoint" and set(info["val_speakers"]) == val_spk
+
+
+def test_corpus_split_holds_out_whole_corpora():
+    clips = _clips(4) + _clips(3, corpus="emo") + _clips(2, corpus="tel")
+    split = split_by_corpus(clips, ["emo", "tel"])
+    assert {clips[i].corpus for i in split.val} == {"emo", "tel"}
+    assert {clips[i].corpus for i in split.train} == {"c"}
+    assert len(split.train) + len(split.val) == len(clips)
+    with pytest.raises(InvalidDataset, match="no corpus named nope"):
+        split_by_corpus(clips, ["nope"])
+    with pytest.raises(InvalidDataset, match="only"):  # a corpus of one gender cannot be the whole validation
+        split_by_corpus(clips + _clips(2, corpus="men")[6:], ["men"])
 
 
 def test_random_clip_split_is_labelled_overlapping():
