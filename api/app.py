@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.uploads import (
     MAX_FIELD_BYTES, UploadLimits, UploadRefused, UploadTooLarge, over_size_limit, receive_multipart,
+    remove_stale_uploads,
 )
 from classifier.errors import InvalidCheckpoint
 from classifier.model import load_checkpoint
@@ -41,7 +42,7 @@ from db.schema import Job
 from voicegender.bootstrap import Services
 from voicegender.settings import Settings
 from worker.app import FINALIZE_JOB
-from worker.submit import SubmissionError, submit_folder
+from worker.submit import StorageError, SubmissionError, submit_folder
 
 log = logging.getLogger(__name__)
 MAX_IDEMPOTENCY_KEY = 200  # the jobs.idempotency_key column
@@ -73,7 +74,7 @@ class UnsupportedBody(ValueError):
 # Looked up along the exception's MRO, so a subclass (UploadTooLarge) wins over its base.
 ERROR_STATUS: dict[type[Exception], int] = {
     UploadRefused: 400, SubmissionError: 400, NotAuthorized: 401, FolderForbidden: 403, JobNotFound: 404,
-    ReportNotReady: 404, UploadTooLarge: 413, UnsupportedBody: 415, InvalidCheckpoint: 503,
+    ReportNotReady: 404, UploadTooLarge: 413, UnsupportedBody: 415, InvalidCheckpoint: 503, StorageError: 507,
 }
 
 
@@ -273,6 +274,17 @@ async def upload_submission(request: Request, settings: Settings, root: Path) ->
     return Submission(folder=upload.folder, source=upload.source, labels_csv=upload.labels_csv, idempotency_key=key)
 
 
+def with_header_key(submission: Submission, request: Request) -> Submission:
+    """The ``Idempotency-Key`` header, the usual HTTP spelling of the body's ``idempotency_key``."""
+    header = request.headers.get("idempotency-key")
+    if header is None:
+        return submission
+    key = checked_idempotency_key(header.strip())
+    if submission.idempotency_key not in (None, key):
+        raise SubmissionError("the Idempotency-Key header and the idempotency_key field differ")
+    return replace(submission, idempotency_key=key)
+
+
 def checked_idempotency_key(key: str | None) -> str | None:
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise SubmissionError(f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
@@ -390,7 +402,7 @@ router = APIRouter()
 async def submit_job(request: Request, services: ServicesDep, response: Response) -> dict[str, Any]:
     """Upload recordings (files or one .zip) or name a server-side folder; the job is queued at once."""
     async with upload_folder(services.settings) as root:
-        submission = await read_submission(request, services.settings, root)
+        submission = with_header_key(await read_submission(request, services.settings, root), request)
         status, created = await run_in_threadpool(create_job, services, submission)
     if not created:
         response.status_code = 200
@@ -475,6 +487,8 @@ def create_api(services: Services) -> FastAPI:
         "POST and DELETE need `Authorization: Bearer <token>` when the server sets VOICEGENDER_API_TOKEN.",
     )
     app.state.services = services
+    # Folders of uploads cut off by a crash; a day leaves any live upload alone.
+    remove_stale_uploads(services.settings.data_dir / "uploads", older_than_s=24 * 3600)
     app.state.active_model = ActiveModel(Path(services.settings.model_path))
     for error in ERROR_STATUS:
         app.add_exception_handler(error, error_response)

@@ -9,7 +9,9 @@ because the sizes a central directory declares can lie.
 from __future__ import annotations
 
 import re
+import shutil
 import stat
+import time
 import zipfile
 import zlib
 from collections.abc import AsyncIterator
@@ -164,7 +166,8 @@ class _MultipartSink:
         if b"filename" not in options:
             self._start_text_field()
             return
-        filename = _decode(options[b"filename"], what="file name")
+        # A name that is not UTF-8 keeps its file: the bad bytes become U+FFFD, as in a browser.
+        filename = options[b"filename"].decode("utf-8", "replace")
         if filename:  # a browser sends an empty file input as a nameless, empty part: skip it
             dest, rel = self._file_destination(filename)
             self._handle = create_file(dest, rel)
@@ -277,6 +280,21 @@ async def receive_multipart(
     return upload
 
 
+def remove_stale_uploads(uploads_dir: Path, *, older_than_s: float) -> int:
+    """Remove upload folders left by a process that died mid-upload; returns how many.
+
+    Only folders older than ``older_than_s``: another API process sharing the
+    data directory may be receiving into a younger one right now.
+    """
+    if not uploads_dir.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    stale = [p for p in uploads_dir.iterdir() if p.is_dir() and not p.is_symlink() and p.stat().st_mtime < cutoff]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
+
+
 def extract_zip(archive: Path, dest: Path, limits: UploadLimits) -> list[str]:
     """Extract ``archive`` into ``dest``; returns the relative names written.
 
@@ -293,6 +311,8 @@ def extract_zip(archive: Path, dest: Path, limits: UploadLimits) -> list[str]:
             return [_extract_member(zf, m, dest, budget) for m in members]
     except zipfile.BadZipFile as exc:
         raise UploadRefused(f"not a readable zip archive: {exc}") from None
+    except UnicodeDecodeError as exc:  # an entry flagged UTF-8 whose name is not
+        raise UploadRefused(f"an archive entry name is not valid UTF-8: {exc.object[:100]!r}") from None
     except (zlib.error, EOFError, NotImplementedError) as exc:
         raise UploadRefused(f"cannot extract the zip archive: {exc}") from None
 
@@ -310,8 +330,12 @@ def check_zip_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> N
             f"archive holds {len(members)} files, more than {limits.max_files} (VOICEGENDER_MAX_FILES)"
         )
     total = 0
+    seen: set[str] = set()
     for m in members:
-        safe_relative_path(m.filename)
+        rel = safe_relative_path(m.filename).as_posix()
+        if rel in seen:  # which copy would be the recording? The client must say.
+            raise UploadRefused(f"archive holds two entries named {rel!r}")
+        seen.add(rel)
         if stat.S_ISLNK(m.external_attr >> 16):
             raise UploadRefused(f"archive entry is a symbolic link: {m.filename!r}")
         ratio = m.file_size / max(m.compress_size, 1)

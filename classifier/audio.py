@@ -21,10 +21,12 @@ from classifier.errors import (
     EmptyFile,
     NoSamples,
     NonFiniteSamples,
+    NotAFile,
     SilentAudio,
     TooLong,
     TooShort,
     UnreadableAudio,
+    UnsupportedFormat,
     UnsupportedSampleRate,
 )
 
@@ -33,6 +35,15 @@ MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 # -80 dBFS: below 16-bit dither, nothing a microphone records is that quiet.
 SILENCE_PEAK = 1e-4
+# Decoded this many frames at a time and mixed to mono as they come, so a
+# many-channel file never sits in memory whole.
+DECODE_BLOCK_FRAMES = 1 << 16
+# Files that travel with recordings (labels, layout metadata, OS droppings):
+# read for labels or ignored, never counted as a recording that failed.
+SIDECAR_NAMES = frozenset({
+    "labels.csv", "audiomnist_meta.txt", "readme", "readme.md", "readme.txt", "license", "license.txt",
+    ".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore",
+})
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,44 @@ class Recording:
 def is_audio_path(path: str | os.PathLike) -> bool:
     """True for the extensions we decode, in any letter case."""
     return str(path).lower().endswith(AUDIO_EXTENSIONS)
+
+
+def is_sidecar_path(path: str | os.PathLike) -> bool:
+    """True for files that accompany recordings and are not recordings (see :data:`SIDECAR_NAMES`)."""
+    name = os.path.basename(os.fsdecode(path))
+    return name.lower() in SIDECAR_NAMES or name.startswith("._")  # "._x.wav": a macOS resource fork
+
+
+def check_submitted_entry(path: str | os.PathLike) -> None:
+    """Refuse, before decoding, an entry of a submitted folder that cannot be a recording.
+
+    Raises
+    ------
+    NotAFile : a symbolic link (never followed: it may point out of the
+        folder), a directory, or a device or FIFO.
+    UnsupportedFormat : a regular file whose extension is not in
+        :data:`AUDIO_EXTENSIONS`, e.g. a nested archive.
+    """
+    path = Path(os.fsdecode(path))
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        raise UnreadableAudio(f"cannot be read ({exc.strerror or exc})", path=str(path)) from None
+    if stat.S_ISLNK(mode):
+        raise NotAFile("is a symbolic link; links are not followed", path=str(path))
+    if stat.S_ISDIR(mode):
+        raise NotAFile("is a directory named like an audio file", path=str(path))
+    if not stat.S_ISREG(mode):
+        raise NotAFile("is not a regular file", path=str(path))
+    if not is_audio_path(path):
+        kind = "an archive inside the submission, not opened" if _is_archive(path) else "not an audio file"
+        raise UnsupportedFormat(
+            f"{kind}: {path.suffix or 'no extension'!s} is not one of {' '.join(AUDIO_EXTENSIONS)}", path=str(path)
+        )
+
+
+def _is_archive(path: Path) -> bool:
+    return str(path).lower().endswith((".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar"))
 
 
 def find_audio_files(paths: list[str | os.PathLike]) -> list[Path]:
@@ -99,7 +148,6 @@ def load_audio(
             raise TooLong(f"{duration_s:.1f} s is longer than the limit of {max_duration_s:g} s", path=str(path))
         _check_complete(f, snd, path)
         y = _decode(snd, path)
-    y = _to_mono(y)
     _check_samples(y, path)
     if snd.samplerate != sr:
         y = soxr.resample(y, snd.samplerate, int(sr), quality="HQ").astype(np.float32)
@@ -211,13 +259,19 @@ def _find_chunks(
 
 
 def _decode(snd: sf.SoundFile, path: Path) -> np.ndarray:
+    """The whole file as mono float32 (n,), decoded block by block."""
+    blocks = []
     try:
-        y = snd.read(dtype="float32", always_2d=True)  # (n, channels)
+        while True:
+            block = snd.read(DECODE_BLOCK_FRAMES, dtype="float32", always_2d=True)  # (n, channels)
+            if len(block) == 0:
+                break
+            blocks.append(_to_mono(block))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OverflowError, MemoryError) as exc:
         raise UnreadableAudio(f"decoding failed ({_short(exc)})", path=str(path)) from None
-    if len(y) == 0:
+    if not blocks:
         raise NoSamples("the file holds zero samples", path=str(path))
-    return y
+    return np.concatenate(blocks)
 
 
 def _to_mono(y: np.ndarray) -> np.ndarray:

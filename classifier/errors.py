@@ -50,6 +50,18 @@ class UnsupportedSampleRate(InvalidAudio):
     reason = "unsupported_sample_rate"
 
 
+class UnsupportedFormat(InvalidAudio):
+    """A submitted file whose extension is not one we decode (a nested archive, a document)."""
+
+    reason = "unsupported_format"
+
+
+class NotAFile(InvalidAudio):
+    """A submitted entry that is not a regular file: a symbolic link, a directory named like a file."""
+
+    reason = "not_a_file"
+
+
 class InvalidCheckpoint(VoiceGenderError):
     """A model file that is missing, corrupt or of an unknown format."""
 

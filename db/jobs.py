@@ -23,6 +23,8 @@ class NewClip:
     size_bytes: int | None
     label: str | None = None
     speaker: str | None = None
+    error: str | None = None  # set when the submission already knows the file cannot be used
+    error_reason: str | None = None
 
 
 def create_job(
@@ -55,7 +57,8 @@ def create_job(
             raise
         return existing, False
     for pos, c in enumerate(clips):
-        session.add(Clip(job_id=job_id, position=pos, chunk=pos // chunk_size, path=c.path, sha256=c.sha256, size_bytes=c.size_bytes, label=c.label, speaker=c.speaker))
+        settled = {"state": "failed", "error": c.error, "error_reason": c.error_reason, "finished_at": utcnow()} if c.error else {}
+        session.add(Clip(job_id=job_id, position=pos, chunk=pos // chunk_size, path=c.path, sha256=c.sha256, size_bytes=c.size_bytes, label=c.label, speaker=c.speaker, **settled))
     for index in range((len(clips) + chunk_size - 1) // chunk_size):
         session.add(Chunk(job_id=job_id, index=index))
     session.commit()

@@ -144,7 +144,9 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     with services.sessions() as s:
         if repo.request_cancel(s, args.job_id) is None:
             raise JobNotFound(f"no job with id {args.job_id}")
-    services.app.send_task("worker.tasks.finalize_job", args=[args.job_id])
+    from worker.app import FINALIZE_JOB
+
+    services.app.send_task(FINALIZE_JOB, args=[args.job_id])
     print(json.dumps(job_status(services, args.job_id)) if args.json else f"{args.job_id} cancel requested")
     return 0
 

@@ -18,7 +18,8 @@ DEFAULT_TOKENS = {"", "changeme", "change-me", "secret", "token"}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VOICEGENDER_")
+    # hide_input_in_errors: a refused setting's error must not echo the others (a token, a database password).
+    model_config = SettingsConfigDict(env_prefix="VOICEGENDER_", hide_input_in_errors=True)
 
     mode: Literal["development", "production"] = "development"
     data_dir: Path = Path.home() / ".local" / "share" / "voicegender"

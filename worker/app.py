@@ -13,6 +13,7 @@ import threading
 
 from celery import Celery, signals
 from kombu.transport import filesystem
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db import jobs as repo
 from voicegender.settings import Settings
@@ -82,18 +83,27 @@ def runtime(app: Celery) -> Runtime:
     return _runtimes[pid]
 
 
+# A database briefly down or locked past its busy timeout: the task retries after
+# 1, 2, 4 ... up to 30 s (jittered, so workers do not return in step) instead of
+# failing; a task that gives up is still found again by the sweep.
+DB_RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 1, "retry_backoff_max": 30, "retry_jitter": True, "max_retries": 10,
+}
+
+
 def _register_tasks(app: Celery) -> None:
-    @app.task(name=PROCESS_JOB)
+    @app.task(name=PROCESS_JOB, **DB_RETRY)
     def process_job(job_id: str) -> None:
         indices = jobs.start_job(runtime(app), job_id)
         enqueue_chunks(app, job_id, indices)
 
-    @app.task(name=CLASSIFY_CHUNK)
+    @app.task(name=CLASSIFY_CHUNK, **DB_RETRY)
     def classify_chunk(job_id: str, index: int) -> None:
         if jobs.run_chunk(runtime(app), job_id, index):
             app.send_task(FINALIZE_JOB, args=[job_id])
 
-    @app.task(name=FINALIZE_JOB)
+    @app.task(name=FINALIZE_JOB, **DB_RETRY)
     def finalize_job(job_id: str) -> None:
         jobs.finalize(runtime(app), job_id)
 

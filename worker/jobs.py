@@ -62,6 +62,9 @@ def _classify(rt: Runtime, input_dir: Path, clips: list) -> list[dict]:
     started = time.perf_counter()
     results = classifier.classify_files([input_dir / c.path for c in clips])
     per_clip_ms = 1000 * (time.perf_counter() - started) / len(clips)
+    for clip, r in zip(clips, results):
+        if r.error:  # name the file as the client did, not by its path under the data directory
+            r.error = f"{clip.path}: {r.error.removeprefix(f'{r.path}: ')}"
     return [_clip_values(r, classifier.bundle.version, per_clip_ms) for r in results]
 
 

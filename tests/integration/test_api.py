@@ -159,13 +159,16 @@ def test_zip_upload_is_extracted_keeping_folders_and_not_nested_archives(api: Ap
     r = post_zip(api, archive)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert (r.json()["total"], r.json()["source"]) == (3, "upload: batch.zip")
-    assert api.process(job_id) == "done"
+    assert (r.json()["total"], r.json()["source"]) == (4, "upload: batch.zip")
+    assert api.process(job_id) == "done_with_errors"
     rows = api.client.get(f"/jobs/{job_id}/results").json()
-    # The inner archive was never opened (no deep.wav) and the macOS resource fork is no clip.
+    # The inner archive was never opened (no deep.wav) but is accounted for as a failed clip;
+    # the macOS resource fork is no clip.
     assert sorted(row["path"] for row in rows) == sorted(
-        [f"set/female/{wavs[0].name}", f"set/male/{wavs[1].name}", f"set/{wavs[2].name}"]
+        [f"set/female/{wavs[0].name}", f"set/male/{wavs[1].name}", f"set/{wavs[2].name}", "set/inner.zip"]
     )
+    inner = next(row for row in rows if row["path"] == "set/inner.zip")
+    assert inner["prediction"] == "" and "archive inside the submission, not opened" in inner["error"]
     assert api.uploads_left() == []
 
 
