@@ -148,6 +148,7 @@ def load_audio(
             raise TooLong(f"{duration_s:.1f} s is longer than the limit of {max_duration_s:g} s", path=str(path))
         _check_complete(f, snd, path)
         y = _decode(snd, path)
+        _check_decoded_all(f, snd, len(y), path)
     _check_samples(y, path)
     if snd.samplerate != sr:
         y = soxr.resample(y, snd.samplerate, int(sr), quality="HQ").astype(np.float32)
@@ -204,6 +205,26 @@ def _check_complete(f: BinaryIO, snd: sf.SoundFile, path: Path) -> None:
         raise UnreadableAudio(
             f"truncated: header declares {declared} frames, file holds {snd.frames}", path=str(path)
         )
+
+
+def _check_decoded_all(f: BinaryIO, snd: sf.SoundFile, n_decoded: int, path: Path) -> None:
+    # A decoder that meets a corrupt MP3 frame or OGG page resyncs and goes on
+    # quietly, so the loss shows only as fewer frames than the header declares.
+    if snd.format == "MP3":
+        if not _has_mp3_frame_count(f.fileno()):
+            return  # without a Xing/Info/VBRI tag the declared count is an estimate from the bit rate
+        tolerance = 576  # half a frame: the LAME tag's delay/padding rounding
+    else:
+        tolerance = 0
+    if n_decoded < snd.frames - tolerance:
+        raise UnreadableAudio(
+            f"corrupt or truncated: decoded {n_decoded} of the {snd.frames} frames its header declares", path=str(path)
+        )
+
+
+def _has_mp3_frame_count(fd: int) -> bool:
+    head = os.pread(fd, 1 << 13, 0)
+    return any(tag in head for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 # WAVE format tags whose data size divides by block align into frames:
