@@ -13,6 +13,8 @@ from db.schema import Job, utcnow
 from classifier.features import feature_axis
 from classifier.model import ModelBundle
 from db.schema import Clip
+from reports.attention import write_chunk_cams
+from reports.job_evidence import JobEvidence, collect_evidence
 from reports.job_report import JobReportData, write_job_report
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -48,7 +50,7 @@ def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
             repo.mark_job_running(s, job_id, model_version=rt.model().version)
         todo = [c for c in repo.chunk_clips(s, job_id, index) if c.state == "pending"]
         input_dir = Path(job.input_dir)
-    values = _classify(rt, input_dir, todo) if todo else []
+    values = _classify(rt, input_dir, todo, cams=(input_dir.parent / "cams", index)) if todo else []
     with rt.sessions() as s:
         for clip, v in zip(todo, values):
             repo.write_clip_result(s, clip.id, v)
@@ -57,11 +59,15 @@ def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
         return settled and not repo.pending_chunk_indices(s, job_id)
 
 
-def _classify(rt: Runtime, input_dir: Path, clips: list) -> list[dict]:
+def _classify(rt: Runtime, input_dir: Path, clips: list, cams: tuple[Path, int]) -> list[dict]:
     classifier = rt.classifier()
     started = time.perf_counter()
     results = classifier.classify_files([input_dir / c.path for c in clips])
     per_clip_ms = 1000 * (time.perf_counter() - started) / len(clips)
+    try:  # the report's mean maps; written before the clip rows, so a re-run rewrites the same file
+        write_chunk_cams(*cams, results, classifier.bundle.class_names)
+    except OSError as exc:
+        log.warning("chunk %s: attention maps not saved: %s", cams[1], exc)
     for clip, r in zip(clips, results):
         if r.error:  # name the file as the client did, not by its path under the data directory
             r.error = f"{clip.path}: {r.error.removeprefix(f'{r.path}: ')}"
@@ -118,12 +124,13 @@ def sweep(rt: Runtime, enqueue: Enqueue, finalize_later: Callable[[str], None]) 
 
 
 def report_data(s: Session, job: Job, bundle: ModelBundle) -> JobReportData:
-    """Plain values for the report, read from the job table."""
+    """Plain values for the report, read from the job table, plus what the model shows at finalize."""
     axis, label = feature_axis(bundle.features)
-    clips = s.scalars(select(Clip).where(Clip.job_id == job.id).order_by(Clip.position))
+    keys = ("path", "label", "speaker", "prediction", "p_female", "duration_s", "windows", "error", "error_reason", "attention", "processing_ms")
+    clips = [{k: getattr(c, k) for k in keys} for c in s.scalars(select(Clip).where(Clip.job_id == job.id).order_by(Clip.position))]
     return JobReportData(
         job_id=job.id,
-        state=job.state if job.finished_at else "finishing",
+        state=job.state if job.finished_at else _final_state(job, clips),
         source=job.source,
         label_source=job.label_source,
         model_version=job.model_version or bundle.version,
@@ -132,8 +139,26 @@ def report_data(s: Session, job: Job, bundle: ModelBundle) -> JobReportData:
         feature_axis_label=label,
         created_at=str(job.created_at)[:19],
         finished_at=str(utcnow())[:19],
-        clips=[
-            {k: getattr(c, k) for k in ("path", "label", "prediction", "p_female", "duration_s", "windows", "error", "error_reason", "attention")}
-            for c in clips
-        ],
+        clips=clips,
+        started_at=None if job.started_at is None else str(job.started_at)[:19],
+        feature_kind=bundle.features.kind,
+        gradcam_layer=bundle.gradcam_layer,
+        window_s=bundle.features.window_s,
+        evidence=_evidence(bundle, job, clips),
     )
+
+
+def _final_state(job: Job, clips: list[dict]) -> str:
+    """The state finalize is about to set (the report is written first)."""
+    if job.cancel_requested:
+        return "cancelled"
+    return "done_with_errors" if any(c["error"] for c in clips) else "done"
+
+
+def _evidence(bundle: ModelBundle, job: Job, clips: list[dict]) -> JobEvidence:
+    """Mean maps, explained examples and the deletion check; a failure here costs those sections, not the report."""
+    try:
+        return collect_evidence(bundle, Path(job.input_dir), Path(job.input_dir).parent / "cams", clips)
+    except (OSError, RuntimeError, ValueError):
+        log.exception("job %s: report evidence failed; the report goes without it", job.id)
+        return JobEvidence()

@@ -1,0 +1,154 @@
+"""What the job report needs beyond the job table, computed once at finalize with the model.
+
+- per-class mean GradCAM maps, summed from the chunk files (:mod:`reports.attention`);
+- a few clips explained again (most and least confident, misclassified), each with
+  its first voting window's features, GradCAM map and a short audio excerpt;
+- the deletion check (:mod:`classifier.faithfulness`) on a bounded sample of clips.
+Bad files are skipped here: their reason is already in the table.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from classifier.audio import load_audio
+from classifier.errors import InvalidAudio
+from classifier.faithfulness import DeletionResult, band_counts, deletion_check
+from classifier.features import compute_features
+from classifier.gradcam import GradCAM
+from classifier.model import ModelBundle
+from classifier.pipeline import prepare_waveform
+from reports.attention import ClassMaps, read_job_cams
+
+log = logging.getLogger(__name__)
+EXAMPLES_PER_KIND = 2
+AUDIO_MAX_S = 4.0  # excerpt length embedded per example: keeps the report small
+AUDIO_MAX_SR = 8000  # enough for pitch and the first formants
+FAITHFULNESS_CLIPS = 12
+FAITHFULNESS_WINDOWS_PER_CLIP = 2
+
+
+@dataclass
+class ClipExample:
+    """One clip explained again for the report."""
+
+    kind: str  # "most confident", "least confident", "misclassified"
+    clip: dict[str, Any]
+    features: np.ndarray  # (F, T) of the first voting window
+    cam: np.ndarray  # (F, T) GradCAM of that window, max 1
+    window_p_female: float
+    audio_uri: str  # data:audio/wav;base64,...
+    audio_s: float
+
+
+@dataclass
+class JobEvidence:
+    class_maps: ClassMaps | None = None
+    examples: list[ClipExample] = field(default_factory=list)
+    faithfulness: DeletionResult | None = None
+    faithfulness_clips: int = 0
+
+
+def collect_evidence(bundle: ModelBundle, input_dir: Path, cams_dir: Path, clips: list[dict[str, Any]]) -> JobEvidence:
+    """Everything model-derived the report shows; the clips are the report's row dicts."""
+    evidence = JobEvidence(class_maps=read_job_cams(cams_dir, bundle.class_names))
+    for kind, clip in pick_examples(clips):
+        example = explain_example(bundle, input_dir / clip["path"], kind=kind, clip=clip)
+        if example is not None:
+            evidence.examples.append(example)
+    sample = faithfulness_sample(clips)
+    windows = [w for c in sample for w in _voting_windows(bundle, input_dir / c["path"])[:FAITHFULNESS_WINDOWS_PER_CLIP]]
+    if windows:
+        evidence.faithfulness = check_faithfulness(bundle, np.stack(windows))
+        evidence.faithfulness_clips = len(sample)
+    return evidence
+
+
+def pick_examples(clips: list[dict[str, Any]], n: int = EXAMPLES_PER_KIND) -> list[tuple[str, dict[str, Any]]]:
+    """Most confident, least confident and misclassified (most confident first) clips; each clip once."""
+    done = [c for c in clips if c.get("p_female") is not None]
+    confidence = lambda c: max(c["p_female"], 1 - c["p_female"])  # noqa: E731
+    by_confidence = sorted(done, key=lambda c: (-confidence(c), c["path"]))
+    wrong = [c for c in by_confidence if c.get("label") in ("female", "male") and c["label"] != _verdict(c)]
+    picked: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    for kind, candidates in (("misclassified", wrong), ("most confident", by_confidence), ("least confident", by_confidence[::-1])):
+        for c in [c for c in candidates if c["path"] not in seen][:n]:
+            picked.append((kind, c))
+            seen.add(c["path"])
+    return picked
+
+
+def _verdict(clip: dict[str, Any]) -> str:
+    return "female" if clip["p_female"] >= 0.5 else "male"
+
+
+def faithfulness_sample(clips: list[dict[str, Any]], n: int = FAITHFULNESS_CLIPS) -> list[dict[str, Any]]:
+    """Up to ``n`` classified clips spread evenly over the job (deterministic)."""
+    done = [c for c in clips if c.get("p_female") is not None]
+    if len(done) <= n:
+        return done
+    return [done[i] for i in np.linspace(0, len(done) - 1, n).round().astype(int)]
+
+
+def _voting_windows(bundle: ModelBundle, path: Path) -> np.ndarray:
+    try:
+        rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft)
+    except InvalidAudio as exc:
+        log.info("evidence: %s skipped: %s", path, exc)
+        return np.zeros((0, bundle.features.window_samples), dtype=np.float32)
+    return prepare_waveform(str(path), rec.y, bundle).windows
+
+
+def explain_example(bundle: ModelBundle, path: Path, *, kind: str, clip: dict[str, Any]) -> ClipExample | None:
+    """The clip's first voting window with its GradCAM map, and an audio excerpt; None if unreadable."""
+    try:
+        rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft)
+    except InvalidAudio as exc:
+        log.info("evidence: %s skipped: %s", path, exc)
+        return None
+    windows = prepare_waveform(str(path), rec.y, bundle).windows
+    if len(windows) == 0:
+        return None
+    feats = compute_features(torch.from_numpy(np.asarray(windows[:1], dtype=np.float32)), bundle.features)  # (1, F, T)
+    with GradCAM(bundle.model, bundle.gradcam_layer) as gradcam:
+        result = gradcam.explain(feats)
+    p_female = float(bundle.calibration.p_female(result.logits[0, 0] - result.logits[0, 1]))
+    uri, seconds = audio_data_uri(rec.y, rec.sr)
+    return ClipExample(kind=kind, clip=clip, features=feats[0].numpy(), cam=result.cam[0].numpy(),
+                       window_p_female=p_female, audio_uri=uri, audio_s=seconds)
+
+
+def audio_data_uri(y: np.ndarray, sr: int, *, max_s: float = AUDIO_MAX_S, max_sr: int = AUDIO_MAX_SR) -> tuple[str, float]:
+    """The first ``max_s`` seconds as 16-bit mono WAV at most ``max_sr`` Hz, as a data URI; and its length."""
+    y = np.asarray(y[: int(max_s * sr)], dtype=np.float32)
+    if sr > max_sr:
+        y, sr = soxr.resample(y, sr, max_sr).astype(np.float32), max_sr
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(y, -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), len(y) / sr
+
+
+def check_faithfulness(bundle: ModelBundle, windows: np.ndarray, *, n_random: int = 4) -> DeletionResult:
+    """Deletion check on raw windows (N, n): GradCAM profiles per window, masked bands set to the training mean."""
+    feats = compute_features(torch.from_numpy(np.asarray(windows, dtype=np.float32)), bundle.features)  # (N, F, T)
+    with GradCAM(bundle.model, bundle.gradcam_layer) as gradcam:
+        profiles = gradcam.explain(feats).profile.numpy()  # (N, F)
+    model = bundle.model
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.softmax(model(x).float(), dim=1)
+
+    # The per-bin training mean: after the model's standardisation a masked band reads exactly 0.
+    fill = model.feature_mean.reshape(-1)
+    return deletion_check(predict, feats, profiles, fill=fill, ks=band_counts(feats.shape[1]), n_random=n_random)
