@@ -6,10 +6,11 @@ and ``VOICEGENDER_DATABASE_URL`` at PostgreSQL for a real deployment.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,8 @@ class Settings(BaseSettings):
     batch_windows: int = 64
     max_duration_s: float = 1200.0
     torch_threads: int | None = None
+    device: str = "cpu"  # where workers run the model: "cpu", "cuda", "cuda:1"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has bf16 units
     chunk_size: int = 64
     chunk_deadline_s: float = 300.0  # a pending chunk not finished by then is enqueued again
     sweep_interval_s: float = 30.0
@@ -40,6 +43,31 @@ class Settings(BaseSettings):
     allowed_root: Path | None = None  # server-side folder submissions only below this
     max_upload_bytes: int = 2 * 1024**3
     max_files: int = 100_000
+    # Retraining (issue 5): sources joined by os.pathsep (AudioMNIST folders, manifest .csv, female/ male/ folders).
+    training_sources: str = ""
+    retrain_cron: str | None = None  # e.g. "0 3 * * 0" (minute hour day-of-month month day-of-week); off when unset
+    retrain_include_jobs: bool = True  # clips of finished jobs whose labels came from the user
+    retrain_features: Literal["logmel", "mfcc"] = "logmel"
+    retrain_steps: int = 3000
+    retrain_batch_size: int = 64
+    retrain_eval_every: int = 500
+    retrain_lr: float = 2e-3
+    retrain_augment: bool = True
+    retrain_seed: int = 0
+    retrain_val_fraction: float = 0.15  # of the non-held-out speakers: learning curve and calibration
+    retrain_held_out_fraction: float = 0.15  # speakers held out once, then fixed for every retrain
+    retrain_margin: float = 0.01  # promote when candidate balanced accuracy >= active's - margin
+    retrain_stale_s: float = 60.0  # a claimed retrain without a heartbeat this long is failed
+    retrain_time_limit_s: int = 12 * 3600
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if len(value.split()) != 5:
+            raise ValueError(f"VOICEGENDER_RETRAIN_CRON must have 5 fields (minute hour day-of-month month day-of-week), got {value!r}")
+        return value.strip()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> "Settings":
@@ -62,3 +90,12 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Retrained candidates, one folder per version (checkpoint, metrics, split, report)."""
+        return self.data_dir / "models"
+
+    @property
+    def training_source_paths(self) -> list[Path]:
+        return [Path(p) for p in self.training_sources.split(os.pathsep) if p.strip()]
