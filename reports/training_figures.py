@@ -43,7 +43,7 @@ def per_speaker_figure(per_speaker: dict[str, dict[str, Any]]) -> Figure:
     ax.set_xlabel("accuracy (files)")
     for gender, colour in GENDER_COLOURS.items():
         ax.bar([0], [0], color=colour, label=gender)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # outside: never over a bar
     fig.tight_layout()
     return fig
 

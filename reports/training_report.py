@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ class TrainingReportData:
 
 def report_evaluation(name: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "metrics": metrics}
+
+
+def training_run_report_data(*, version: str, features: dict[str, Any], train_config: dict[str, Any], data_summary: dict, folds: list[dict[str, Any]]) -> TrainingReportData:
+    """The report of ``voicegender train``: ``folds`` as ``[{"name", "metrics", "split"}]``, one per split."""
+    return TrainingReportData(
+        title=f"Training run {version}", version=version, created_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        features=features, train_config=train_config, data_summary=data_summary, splits=[f["split"] for f in folds],
+        folds=[{"name": f["name"], "metrics": f["metrics"]} for f in folds], evaluation=pooled_evaluation(folds),
+    )
 
 
 def pooled_evaluation(folds: list[dict[str, Any]]) -> dict[str, Any]:

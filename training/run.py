@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
@@ -22,6 +22,8 @@ SPLIT_KINDS = ("speaker", "audiomnist-folds", "random-clips", "corpus")
 class RunResult:
     checkpoints: list[Path]
     summary: dict
+    folds: list[dict] = field(default_factory=list)  # per split: name, metrics, split (for the training report)
+    features: dict = field(default_factory=dict)
 
 
 def feature_config_for(kind: str) -> FeatureConfig:
@@ -78,7 +80,7 @@ def run_training(
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)
-    checkpoints, fold_metrics = [], []
+    checkpoints, fold_metrics, folds = [], [], []
     for k, split in enumerate(splits):
         progress = progress_factory(split.name, cfg.steps) if progress_factory else None
         bundle, metrics = train_split(clips, waves, split, features, cfg, version=version if len(splits) == 1 else f"{version}-fold{k}", progress=progress)
@@ -86,6 +88,7 @@ def run_training(
         fold_dir = out_dir if len(splits) == 1 else out_dir / f"fold{k}"
         checkpoints.append(write_run(fold_dir, bundle, metrics, split.to_dict(clips), cfg, summarise_data(clips)))
         fold_metrics.append(metrics)
+        folds.append({"name": split.name, "metrics": metrics, "split": split.to_dict(clips)})
     summary = {
         "split": split_kind,
         "speaker_overlap": splits[0].speaker_overlap,
@@ -97,4 +100,4 @@ def run_training(
         "data": summarise_data(clips),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return RunResult(checkpoints=checkpoints, summary=summary)
+    return RunResult(checkpoints=checkpoints, summary=summary, folds=folds, features=features.to_dict())

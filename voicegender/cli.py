@@ -115,6 +115,7 @@ def _classify_row(r) -> dict:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from reports.training_report import training_run_report_data, write_training_report
     from training.loop import TrainConfig
     from training.run import run_training
 
@@ -135,6 +136,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     print(f"balanced accuracy {s['balanced_accuracy']['mean']:.4f} +- {s['balanced_accuracy']['std']:.4f} over {s['folds']} split(s)" + (" (speakers shared between train and validation)" if s["speaker_overlap"] else ""))
     for ckpt in result.checkpoints:
         print(ckpt)
+    print(write_training_report(args.out / "report.html", training_run_report_data(
+        version=version, features=result.features, train_config={k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "augment", "seed")},
+        data_summary=s["data"], folds=result.folds,
+    )))
     return 0
 
 

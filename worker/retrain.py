@@ -228,3 +228,10 @@ def retrain_report_data(candidate: Candidate, comparison: Comparison, cfg: Train
         evaluation=report_evaluation("held-out speakers (fixed across retrains)", candidate.held_out_metrics),
         comparison=comparison.as_dict(),
     )
+
+
+def registry_models(sessions, settings: Settings) -> list[dict[str, Any]]:
+    """Every registered version, newest first; an empty registry adopts the configured checkpoint first."""
+    with sessions() as s:
+        ensure_active_model(s, settings.model_path)  # InvalidCheckpoint when there is none to adopt
+        return [registry.describe_model(m) for m in registry.list_models(s)]
