@@ -150,7 +150,7 @@ def promotion_decision(*, candidate_bacc: float, active_bacc: float, margin: flo
         return "refused", "the candidate has no balanced accuracy on the held-out speakers"
     diff = candidate_bacc - active_bacc
     verdict = f"candidate {candidate_bacc:.4f} vs active {active_bacc:.4f} balanced accuracy on the held-out speakers ({diff:+.4f})"
-    if diff >= -margin:
+    if diff >= -margin - 1e-12:  # exactly at the margin counts as not worse, whatever the float rounding
         return "promoted", f"{verdict}: not worse by more than the margin {margin:.4f}"
     return "refused", f"{verdict}: worse by more than the margin {margin:.4f}"
 
