@@ -31,6 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from api import pages
 from api.uploads import (
     MAX_FIELD_BYTES, UploadLimits, UploadRefused, UploadTooLarge, over_size_limit, receive_multipart,
     remove_stale_uploads,
@@ -493,4 +494,5 @@ def create_api(services: Services) -> FastAPI:
     for error in ERROR_STATUS:
         app.add_exception_handler(error, error_response)
     app.include_router(router)
+    app.include_router(pages.router)  # GET /: the jobs page
     return app
