@@ -1,0 +1,80 @@
+"""What finalize adds to the report with the model: examples, audio excerpts, the deletion check, mean maps."""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from classifier.features import logmel_config
+from classifier.model import GenderResNet, ModelBundle
+from classifier.pipeline import Classifier
+from classifier.synthetic import write_labelled_folder
+from reports.attention import write_chunk_cams
+from reports.job_evidence import audio_data_uri, collect_evidence, pick_examples
+from reports.job_report import JobReportData, render_job_report
+
+
+def row(path: str, p_female: float | None, label: str | None = None) -> dict:
+    return {"path": path, "p_female": p_female, "label": label, "prediction": None if p_female is None else ("female" if p_female >= 0.5 else "male")}
+
+
+def test_examples_are_misclassified_then_most_then_least_confident_each_once():
+    clips = [row("a", 0.99, "male"), row("b", 0.98, "female"), row("c", 0.02, "male"), row("d", 0.55), row("e", 0.4, "male"),
+             row("f", None)]
+    picked = [(kind, c["path"]) for kind, c in pick_examples(clips, n=2)]
+    assert picked == [("misclassified", "a"), ("most confident", "b"), ("most confident", "c"),
+                      ("least confident", "d"), ("least confident", "e")]
+
+
+def test_audio_excerpt_is_capped_in_length_and_rate():
+    sr = 16000
+    y = 0.1 * np.sin(2 * np.pi * 200 * np.arange(10 * sr) / sr).astype(np.float32)
+    uri, seconds = audio_data_uri(y, sr, max_s=3.0, max_sr=8000)
+    assert uri.startswith("data:audio/wav;base64,") and seconds == pytest.approx(3.0)
+    decoded, decoded_sr = sf.read(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert decoded_sr == 8000 and len(decoded) == 3 * 8000
+    assert len(uri) < 3 * 8000 * 2 * 4 / 3 + 200  # 16-bit samples, base64
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    cfg = logmel_config(sample_rate=8000, n_mels=32)
+    return ModelBundle(model=GenderResNet(cfg.n_bins).eval(), features=cfg, version="unit")
+
+
+def test_collect_evidence_on_real_files_and_the_report_shows_it(tiny_bundle: ModelBundle, tmp_path: Path):
+    folder = write_labelled_folder(tmp_path / "in", n_clips=6, sr=16000, seed=5)
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVE")
+    paths = sorted(folder.glob("*.wav"))
+    results = Classifier(tiny_bundle).classify_files(paths)
+    write_chunk_cams(tmp_path / "cams", 0, results, tiny_bundle.class_names)
+    clips = [
+        {"path": p.name, "label": None if r.error else p.stem.rsplit("_", 1)[1], "speaker": None, "prediction": r.prediction,
+         "p_female": r.p_female, "duration_s": r.duration_s, "windows": r.windows, "error": r.error, "error_reason": r.error_reason,
+         "attention": None if r.attention is None else r.attention.tolist(), "processing_ms": 1.0}
+        for p, r in zip(paths, results)
+    ]
+    evidence = collect_evidence(tiny_bundle, folder, tmp_path / "cams", clips)
+
+    assert evidence.class_maps is not None and evidence.class_maps.counts.sum() == 6
+    assert evidence.class_maps.sums.shape[1:] == (32, tiny_bundle.features.n_frames)
+    assert 3 <= len(evidence.examples) <= 6 and all(ex.cam.shape == ex.features.shape == (32, tiny_bundle.features.n_frames) for ex in evidence.examples)
+    assert all(0 <= ex.cam.min() and ex.cam.max() <= 1 + 1e-6 for ex in evidence.examples)
+    faith = evidence.faithfulness
+    assert faith is not None and evidence.faithfulness_clips == 6 and faith.n_windows == 6  # one voting window per short clip
+    assert faith.ks == [2, 4, 8] and 0.5 <= faith.base_confidence <= 1
+
+    data = JobReportData(
+        job_id="e1", state="done_with_errors", source="in", label_source="filename", model_version="unit", model_metrics={},
+        feature_axis=np.linspace(100, 3800, 32).tolist(), feature_axis_label="mel band centre (Hz)", created_at="2026-01-01 00:00:00",
+        finished_at="2026-01-01 00:00:09", clips=clips, evidence=evidence,
+    )
+    html = render_job_report(data)
+    assert html.count("<audio controls") == len(evidence.examples)
+    assert 'id="faithfulness"' in html and 'alt="deletion check"' in html and 'alt="mean GradCAM per predicted class"' in html
