@@ -24,6 +24,12 @@ CLASSES = ("female", "male")
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("reports", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
 )
+LABEL_SOURCES = {
+    "labels.csv": "labels.csv in the submitted folder",
+    "audiomnist": "AudioMNIST layout (audioMNIST_meta.txt)",
+    "folders": "female/ and male/ folders",
+    "filename": "a trailing _female / _male in the file name",
+}
 MFCC_NOT_FREQUENCY = (
     "Each cepstral coefficient is a cosine-weighted sum over all mel bands (a DCT of the log-mel spectrum), "
     "so it describes the overall shape of the spectrum, not the energy at any one frequency."
@@ -238,6 +244,7 @@ def render_job_report(data: JobReportData) -> str:
         faithfulness=data.evidence.faithfulness,
         faithfulness_reading=faithfulness_reading(data),
         mfcc_note=MFCC_NOT_FREQUENCY,
+        label_source=LABEL_SOURCES.get(data.label_source or "", data.label_source),
         any_speaker=any(c.get("speaker") for c in data.clips),
         audio_max_s=AUDIO_MAX_S,
         audio_max_sr=AUDIO_MAX_SR,
