@@ -160,16 +160,23 @@ def _write_copy(src: BinaryIO, entry: Entry, dest: Path) -> repo.NewClip:
                 digest.update(block)
                 out.write(block)
     except _SourceUnreadable as exc:
-        dest.unlink(missing_ok=True)
+        _discard(dest)
         return _failed(entry, f"could not be read while copying ({exc})", "unreadable_audio")
     except FileExistsError:
         return _failed(entry, "another file of the submission is stored under the same name", "not_a_file")
     except OSError as exc:
-        dest.unlink(missing_ok=True)
+        _discard(dest)
         if exc.errno in STORAGE_ERRNOS:
             raise StorageError(f"cannot store the job's files under the data directory: {exc.strerror}") from None
         return _failed(entry, f"cannot be stored in the job's folder ({exc.strerror})", "unreadable_audio")
     return repo.NewClip(path=entry.name, sha256=digest.hexdigest(), size_bytes=dest.stat().st_size)
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a name too long to create is too long to remove: nothing is there
+        pass
 
 
 class _SourceUnreadable(Exception):
