@@ -131,12 +131,13 @@ def confidence_histogram_figure(confidence_by_class: dict[str, Sequence[float]])
     ax = fig.add_subplot(1, 1, 1)
     bins = np.linspace(0.5, 1.0, 11)
     names = [k for k, v in confidence_by_class.items() if len(v)]
-    ax.hist([confidence_by_class[k] for k in names], bins=bins, stacked=True, label=names,
-            color=[CLASS_COLOURS.get(k) for k in names])
+    if names:  # matplotlib refuses an empty list of datasets
+        ax.hist([confidence_by_class[k] for k in names], bins=bins, stacked=True, label=names,
+                color=[CLASS_COLOURS.get(k) for k in names])
+        ax.legend(fontsize="small")
+    ax.set_xlim(0.5, 1.0)
     ax.set_xlabel("confidence in the predicted class")
     ax.set_ylabel("files")
-    if names:
-        ax.legend(fontsize="small")
     return fig
 
 

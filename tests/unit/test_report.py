@@ -155,3 +155,9 @@ def test_mean_maps_are_drawn_when_present():
     maps = ClassMaps(classes=("female", "male"), sums=np.ones((2, 32, 98)), counts=np.array([1, 1]))
     html = render_job_report(report_data(labelled_clips(), evidence=JobEvidence(class_maps=maps)))
     assert 'alt="mean GradCAM per predicted class"' in html and "1 / 1 files" in html
+
+
+def test_a_job_where_every_file_failed_still_renders():
+    html = render_job_report(report_data([clip("bad.wav", None, None, None, error="bad.wav: empty file")]))
+    assert "No attention maps: no file was classified." in html and 'id="no-labels"' in html
+    assert 'id="errors"' in html and 'alt="confidence histogram"' in html
