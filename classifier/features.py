@@ -119,12 +119,13 @@ def compute_features(y: torch.Tensor | np.ndarray, config: FeatureConfig) -> tor
 
     Parameters
     ----------
-    y : [shape=(B, n)] float32 or float64 samples at ``config.sample_rate``.
+    y : [shape=(B, n)] float32 or float64 samples at ``config.sample_rate``,
+        on any device (the result stays there).
     config : the recipe.
 
     Returns
     -------
-    torch.Tensor [shape=(B, n_bins, n_frames)], the dtype of ``y``.
+    torch.Tensor [shape=(B, n_bins, n_frames)], the dtype and device of ``y``.
     """
     y = torch.as_tensor(y)
     if y.ndim != 2:
@@ -136,22 +137,22 @@ def compute_features(y: torch.Tensor | np.ndarray, config: FeatureConfig) -> tor
     power_db = _log_mel_power(y, config)  # (B, n_mels, T)
     if config.kind == "logmel":
         return power_db
-    dct = torch.as_tensor(_dct_matrix(config.n_mels, config.n_mfcc), dtype=y.dtype)
+    dct = torch.as_tensor(_dct_matrix(config.n_mels, config.n_mfcc), dtype=y.dtype, device=y.device)
     mfcc = torch.einsum("km,bmt->bkt", dct, power_db)
     if config.lifter > 0:
-        k = torch.arange(1, config.n_mfcc + 1, dtype=y.dtype)
+        k = torch.arange(1, config.n_mfcc + 1, dtype=y.dtype, device=y.device)
         mfcc = mfcc * (1 + (config.lifter / 2) * torch.sin(math.pi * k / config.lifter))[:, None]
     return mfcc
 
 
 def _log_mel_power(y: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
-    window = torch.hann_window(config.n_fft, periodic=True, dtype=y.dtype)
+    window = torch.hann_window(config.n_fft, periodic=True, dtype=y.dtype, device=y.device)
     spec = torch.stft(
         y, n_fft=config.n_fft, hop_length=config.hop_length, window=window, center=False, return_complex=True
     )
     power = spec.real.square() + spec.imag.square()  # (B, 1 + n_fft/2, T)
     mel = torch.as_tensor(
-        _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax), dtype=y.dtype
+        _mel_basis(config.sample_rate, config.n_fft, config.n_mels, config.fmin, config.fmax), dtype=y.dtype, device=y.device
     )
     mel_power = torch.matmul(mel, power)  # (B, n_mels, T)
     db = 10.0 * torch.log10(torch.clamp(mel_power, min=AMIN))

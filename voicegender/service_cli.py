@@ -56,6 +56,11 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_api)
     p = sub.add_parser("demo", help="classify the bundled examples through a real worker and print the report path")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("bench", help="measure speed: model limit, end to end, seed-style loop, features, scale, latency, memory")
+    from bench.cli import add_arguments as add_bench_arguments  # argparse only: cheap at start-up
+
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("db", help="database maintenance")
     p.add_argument("action", choices=("upgrade",))
     p.set_defaults(func=cmd_db)
@@ -228,6 +233,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"state: {state}", file=sys.stderr)
     print(status["report"])
     return 0 if state in ("done", "done_with_errors") else 1
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.cli import run
+
+    return run(args)
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:

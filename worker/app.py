@@ -12,6 +12,7 @@ import socket
 import threading
 
 from celery import Celery, signals
+from celery.concurrency import prefork
 from kombu.transport import filesystem
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -160,14 +161,36 @@ class Heartbeat(threading.Thread):
             since_sweep += settings.heartbeat_s
 
 
+def preload_model(app: Celery) -> None:
+    """Load and warm the model in a background thread, so the first chunk does not wait for it.
+
+    A thread, because ``worker_process_init`` handlers must return within 4 s.
+    """
+    rt = runtime(app)
+
+    def load() -> None:
+        try:
+            rt.warm_up()
+        except Exception:  # the first chunk loads it again and reports the error on its clips
+            log.exception("model preload failed")
+
+    threading.Thread(target=load, name="voicegender-preload", daemon=True).start()
+
+
 def install_worker_signals(app: Celery) -> None:
     """Start the heartbeat when the worker is ready; forget it at shutdown."""
     holder: dict[str, Heartbeat] = {}
 
     @signals.worker_ready.connect(weak=False)
-    def _ready(**_kwargs) -> None:
+    def _ready(sender=None, **_kwargs) -> None:
         holder["hb"] = Heartbeat(app)
         holder["hb"].start()
+        if not isinstance(getattr(sender, "pool", None), prefork.TaskPool):
+            preload_model(app)  # solo/threads pool: tasks run in this process
+
+    @signals.worker_process_init.connect(weak=False)
+    def _child_started(**_kwargs) -> None:
+        preload_model(app)  # a prefork child, after the fork (never CUDA before it)
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_kwargs) -> None:

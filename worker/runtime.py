@@ -7,14 +7,16 @@ content hash, so a new checkpoint is picked up at the next chunk.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifier.model import ModelBundle, load_checkpoint
-from classifier.pipeline import Classifier
+from classifier.pipeline import Classifier, use_bf16
 from db.session import create_db_engine, make_session_factory
 from voicegender.settings import Settings
 
@@ -26,6 +28,9 @@ class Runtime:
     settings: Settings
     sessions: sessionmaker[Session]
     _models: dict[tuple[str, float], ModelBundle] = field(default_factory=dict)
+    _classifier: Classifier | None = None
+    # The warm-up thread and the first task may ask for the model at once.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
     def create(cls, settings: Settings) -> "Runtime":
@@ -45,4 +50,25 @@ class Runtime:
         return self._models[key]
 
     def classifier(self) -> Classifier:
-        return Classifier(self.model(), batch_windows=self.settings.batch_windows, explain=True)
+        """A classifier of the current model, made once per model (its device and layout are set then)."""
+        with self._lock:
+            bundle = self.model()
+            if self._classifier is None or self._classifier.bundle is not bundle:
+                device = self.settings.device
+                bf16 = use_bf16(self.settings.precision, device)
+                self._classifier = Classifier(bundle, batch_windows=self.settings.batch_windows, explain=True, bf16=bf16, device=device)
+            return self._classifier
+
+    def warm_up(self) -> None:
+        """Load the model and score one silent batch, so a worker's first chunk pays no start-up.
+
+        oneDNN builds its kernels on first use of each shape; a full batch
+        here means the first real chunk runs at the steady-state rate.
+        """
+        # Held throughout: a task asking for the classifier meanwhile waits
+        # rather than running GradCAM hooks on the same model from two threads.
+        with self._lock:
+            torch.set_num_threads(self.settings.torch_threads or 1)  # per thread under OpenMP
+            clf = self.classifier()
+            clf.score_windows(np.zeros((clf.batch_windows, clf.bundle.features.window_samples), dtype=np.float32))
+        log.info("warmed up: model %s on %s, bf16=%s", clf.bundle.version, clf.device, clf.bf16)
