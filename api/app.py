@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import shutil
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -37,12 +36,13 @@ from api.uploads import (
     remove_stale_uploads,
 )
 from classifier.errors import InvalidCheckpoint
-from classifier.model import load_checkpoint
 from db import jobs as repo
+from db import registry
 from db.schema import Job
 from voicegender.bootstrap import Services
 from voicegender.settings import Settings
-from worker.app import FINALIZE_JOB
+from worker.app import FINALIZE_JOB, RETRAIN
+from worker.retrain import registry_models, request_retrain
 from worker.submit import StorageError, SubmissionError, submit_folder
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class UnsupportedBody(ValueError):
 ERROR_STATUS: dict[type[Exception], int] = {
     UploadRefused: 400, SubmissionError: 400, NotAuthorized: 401, FolderForbidden: 403, JobNotFound: 404,
     ReportNotReady: 404, UploadTooLarge: 413, UnsupportedBody: 415, InvalidCheckpoint: 503, StorageError: 507,
+    registry.ModelNotFound: 404, registry.RunNotFound: 404, registry.RetrainRunning: 409, registry.RegistryConflict: 409,
 }
 
 
@@ -120,6 +121,19 @@ class ModelInfo(BaseModel):
     sha256: str
     status: str
     metrics: dict[str, Any]
+
+
+class RunInfo(BaseModel):
+    """``db.registry.describe_run``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: int
+    state: str
+    stage: str | None
+    decision: str | None
+    reason: str | None
+    error: str | None
+    report: str | None
 
 
 class Health(BaseModel):
@@ -173,40 +187,6 @@ def require_token(settings: SettingsDep, credentials: BearerDep) -> None:
 
 
 Authorized = Depends(require_token)
-
-
-class ActiveModel:
-    """The configured checkpoint's description, read once per file version.
-
-    Loading builds the whole network, too slow to repeat per request; the
-    cache key is the file's modification time, so a replaced checkpoint shows.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._key: tuple[str, int] | None = None
-        self._info: dict[str, Any] = {}
-
-    def describe(self) -> dict[str, Any]:
-        key = (str(self.path.resolve()), self.path.stat().st_mtime_ns) if self.path.is_file() else None
-        with self._lock:
-            if key is None or key != self._key:
-                bundle = load_checkpoint(self.path)  # InvalidCheckpoint -> 503
-                self._key = key
-                self._info = {
-                    "version": bundle.version, "sha256": bundle.sha256, "status": "active", "metrics": bundle.metrics,
-                    "features": bundle.features.to_dict(), "class_names": list(bundle.class_names),
-                }
-            return self._info
-
-
-def get_active_model(request: Request) -> ActiveModel:
-    return request.app.state.active_model
-
-
-ActiveModelDep = Annotated[ActiveModel, Depends(get_active_model)]
-
 
 # --- submissions -------------------------------------------------------------------------------
 
@@ -463,9 +443,31 @@ def cancel_job(job_id: str, services: ServicesDep, session: SessionDep) -> dict[
 
 
 @router.get("/models", response_model=list[ModelInfo], responses={503: ERROR_DOC})
-def list_models(active: ActiveModelDep) -> list[dict[str, Any]]:
-    """The model in use (the configured checkpoint) with its version, sha256 and held-out metrics."""
-    return [active.describe()]
+def list_models(services: ServicesDep) -> list[dict[str, Any]]:
+    """The registry, newest first: version, status (one ``active``), sha256, parent, held-out metrics."""
+    return registry_models(services.sessions, services.settings)
+
+
+@router.post("/models/{version}/promote", response_model=ModelInfo, dependencies=[Authorized], responses={401: ERROR_DOC, 404: ERROR_DOC, 409: ERROR_DOC})
+def promote_model(version: str, session: SessionDep) -> dict[str, Any]:
+    """Make a registered version the active model; workers use it from their next chunk."""
+    registry.promote(session, version)
+    return registry.describe_model(registry.active_model(session))
+
+
+@router.post("/retrain", status_code=202, response_model=RunInfo, dependencies=[Authorized], responses={401: ERROR_DOC, 409: ERROR_DOC})
+def retrain(services: ServicesDep) -> dict[str, Any]:
+    """Start a retrain; 409 names the run already holding the lock (only one runs at a time)."""
+    run = request_retrain(services.sessions, services.settings, trigger="manual")
+    services.app.send_task(RETRAIN, kwargs={"run_id": run.id, "overrides": {}})
+    with services.sessions() as session:
+        return registry.describe_run(registry.get_run(session, run.id))
+
+
+@router.get("/retrain/{run_id}", response_model=RunInfo, responses={404: ERROR_DOC})
+def get_retrain(run_id: int, session: SessionDep) -> dict[str, Any]:
+    """A retrain run: stage while running; decision, reason and report path when done."""
+    return registry.describe_run(registry.get_run(session, run_id))
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
@@ -490,7 +492,6 @@ def create_api(services: Services) -> FastAPI:
     app.state.services = services
     # Folders of uploads cut off by a crash; a day leaves any live upload alone.
     remove_stale_uploads(services.settings.data_dir / "uploads", older_than_s=24 * 3600)
-    app.state.active_model = ActiveModel(Path(services.settings.model_path))
     for error in ERROR_STATUS:
         app.add_exception_handler(error, error_response)
     app.include_router(router)

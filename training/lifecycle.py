@@ -6,6 +6,7 @@ Plain functions of clips, checkpoints and a session; the worker's retrain task
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +38,17 @@ def register_checkpoint(session: Session, path: Path, *, status: str, **fields) 
     bundle = load_checkpoint(path)  # InvalidCheckpoint when missing or unreadable
     fields.setdefault("metrics", bundle.metrics)
     fields.setdefault("data_summary", bundle.info.get("data"))
-    fields.setdefault("split", {"name": bundle.info["split"]} if "split" in bundle.info else None)
+    fields.setdefault("split", _split_beside(Path(path)) or ({"name": bundle.info["split"]} if "split" in bundle.info else None))
     return registry.register_model(session, version=bundle.version, path=str(Path(path).resolve()), sha256=bundle.sha256, status=status, **fields)
+
+
+def _split_beside(checkpoint: Path) -> dict | None:
+    """A run folder's split.json (speaker lists), so the registry knows whom the model trained on."""
+    path = checkpoint.parent / "split.json"
+    try:
+        return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("train", "val", "test")}
+    except (OSError, ValueError):
+        return None
 
 
 def ensure_active_model(session: Session, default_path: Path) -> ModelVersion:
@@ -78,9 +88,20 @@ def job_clips_as_training(job_clips: list[LabelledJobClip], *, held_out: set[str
     return out
 
 
-def choose_held_out_speakers(clips: list[LabelledClip], *, fraction: float, seed: int) -> list[str]:
-    """Whole speakers per (corpus, gender), as the speaker split picks validation speakers."""
-    return sorted({clips[i].speaker for i in split_by_speaker(clips, val_fraction=fraction, seed=seed).val})
+def choose_held_out_speakers(clips: list[LabelledClip], *, fraction: float, seed: int, active_split: dict | None = None) -> tuple[list[str], str]:
+    """The held-out speakers for the first retrain, and how they were chosen.
+
+    The active model's own validation speakers when its registry entry names
+    them and the sources hold them with both genders: the active model never
+    trained on them, so the comparison is fair to both. Otherwise whole
+    speakers per (corpus, gender), as the speaker split picks them.
+    """
+    present = {c.speaker: c.gender for c in clips}
+    own = [s for s in (active_split or {}).get("val_speakers", []) if s in present]
+    if {present[s] for s in own} == {"female", "male"}:
+        return sorted(own), "the active model's validation speakers (it never trained on them)"
+    chosen = sorted({clips[i].speaker for i in split_by_speaker(clips, val_fraction=fraction, seed=seed).val})
+    return chosen, "drawn from the sources; the active model's training speakers are not recorded, so it may have heard some of them"
 
 
 def retrain_split(source_clips: list[LabelledClip], job_clips: list[LabelledClip], held_out: list[str], *, val_fraction: float, seed: int) -> tuple[list[LabelledClip], Split]:
@@ -133,12 +154,14 @@ class Comparison:
     decision: str = ""
     reason: str = ""
     held_out_speakers: list[str] = field(default_factory=list)
+    held_out_origin: str = ""
 
     def as_dict(self) -> dict:
         keep = ("n", "accuracy", "error_rate", "balanced_accuracy", "confusion_matrix", "per_class", "per_corpus", "per_speaker")
         return {
             "candidate_version": self.candidate_version, "active_version": self.active_version, "margin": self.margin,
             "decision": self.decision, "reason": self.reason, "held_out_speakers": self.held_out_speakers,
+            "held_out_origin": self.held_out_origin,
             "candidate": {k: self.candidate[k] for k in keep if k in self.candidate},
             "active": {k: self.active[k] for k in keep if k in self.active},
         }

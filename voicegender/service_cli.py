@@ -64,6 +64,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="database maintenance")
     p.add_argument("action", choices=("upgrade",))
     p.set_defaults(func=cmd_db)
+    add_model_commands(sub)
 
 
 def _job(services: Services, job_id: str) -> Job:
@@ -247,4 +248,131 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.db_url)
     print(f"database at head: {settings.db_url}")
+    return 0
+
+
+# --- the model lifecycle: registry, promotion, retraining, the beat ------------------------------
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="the model registry: every version, its status and held-out metrics")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("promote", help="make a registered version the active model (workers use it from their next chunk)")
+    p.add_argument("version")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("retrain", help="train a candidate on the configured sources and labelled jobs; promote it only if not worse")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends (starts an embedded worker if none is alive)")
+    p.add_argument("--steps", type=int, help="training steps (default VOICEGENDER_RETRAIN_STEPS)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrain)
+    p = sub.add_parser("runs", help="retrain runs, newest first: state, decision and reason")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("beat", help="run Celery beat: the retrain schedule (VOICEGENDER_RETRAIN_CRON); run exactly one")
+    p.set_defaults(func=cmd_beat)
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from db import registry
+
+    services = build_services(settings)
+    with services.sessions() as s:
+        models = [registry.describe_model(m) for m in registry.list_models(s)]
+    if args.json:
+        print(json.dumps(models, indent=2))
+    for m in [] if args.json else models:
+        bacc = m["metrics"].get("balanced_accuracy")
+        shown = "-" if bacc is None else f"{bacc:.4f}"
+        print(f"{m['version']:<36} {m['status']:<9} balanced_accuracy {shown:<7} parent {m['parent_version'] or '-'}  {m['created_at'][:19]}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from db import registry
+
+    services = build_services(settings)
+    with services.sessions() as s:
+        try:
+            old, new = registry.promote(s, args.version)
+        except (registry.ModelNotFound, registry.RegistryConflict) as exc:
+            print(f"voicegender: error: {exc}", file=sys.stderr)
+            return 2
+    print(f"{new} is active" + (f" (was {old})" if old != new else " (already)"))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from db import registry
+    from worker.app import RETRAIN
+    from worker.retrain import request_retrain
+
+    services = build_services(settings)
+    try:
+        run = request_retrain(services.sessions, settings, trigger="manual")
+    except registry.RetrainRunning as exc:
+        print(f"voicegender: refused: {exc}", file=sys.stderr)
+        return 3
+    overrides = {"steps": args.steps} if args.steps else {}
+    services.app.send_task(RETRAIN, kwargs={"run_id": run.id, "overrides": overrides})
+    if not args.wait:
+        print(json.dumps(run_status(services, run.id)) if args.json else run.id)
+        return 0
+    print(f"retrain run {run.id}", file=sys.stderr)
+    status = wait_for_run(services, run.id)
+    print(json.dumps(status) if args.json else f"run {run.id} {status['state']} {status['decision'] or ''}: {status['reason'] or status['error']}\nreport: {status['report']}")
+    return 0 if status["state"] == "done" else 1
+
+
+def run_status(services: Services, run_id: int) -> dict:
+    from db import registry
+
+    with services.sessions() as s:
+        return registry.describe_run(registry.get_run(s, run_id))
+
+
+def wait_for_run(services: Services, run_id: int, *, poll_s: float = 0.5) -> dict:
+    """Show the run's stage until it ends; an embedded worker runs it when none is alive."""
+    embedded = None
+    with services.sessions() as s:
+        if not repo.live_workers(s, within_s=3 * services.settings.heartbeat_s):
+            embedded = start_embedded_worker()
+    try:
+        shown = None
+        while True:
+            status = run_status(services, run_id)
+            if status["stage"] != shown:
+                print(f"  {status['stage']}", file=sys.stderr)
+                shown = status["stage"]
+            if status["state"] != "running":
+                return status
+            if embedded is not None and embedded.poll() is not None:
+                raise RuntimeError(f"the embedded worker exited with code {embedded.returncode}")
+            time.sleep(poll_s)
+    finally:
+        if embedded is not None:
+            stop_worker(embedded)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    from db import registry
+
+    services = build_services(settings)
+    with services.sessions() as s:
+        runs = [registry.describe_run(r) for r in registry.list_runs(s, limit=args.limit)]
+    if args.json:
+        print(json.dumps(runs, indent=2))
+    for r in [] if args.json else runs:
+        print(f"{r['id']:>4} {r['state']:<8} {r['decision'] or '-':<9} {r['candidate_version'] or '-':<36} {r['reason'] or r['error'] or r['stage'] or ''}")
+    return 0
+
+
+def cmd_beat(args: argparse.Namespace, settings: Settings) -> int:
+    import logging
+
+    services = build_services(settings)
+    schedule = services.app.conf.beat_schedule
+    logging.getLogger(__name__).info("beat schedule: %s", {k: str(v["schedule"]) for k, v in schedule.items()} or "empty (VOICEGENDER_RETRAIN_CRON is not set)")
+    services.app.start(["beat", "--loglevel=INFO"])
     return 0

@@ -12,6 +12,7 @@ import socket
 import threading
 
 from celery import Celery, signals
+from kombu import Queue
 from celery.concurrency import prefork
 from kombu.transport import filesystem
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -19,6 +20,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from db import jobs as repo
 from voicegender.settings import Settings
 from worker import jobs
+from worker import retrain
+from worker.beat import beat_schedule, beat_schedule_file
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ PROCESS_JOB = "worker.tasks.process_job"
 CLASSIFY_CHUNK = "worker.tasks.classify_chunk"
 FINALIZE_JOB = "worker.tasks.finalize_job"
 SWEEP = "worker.tasks.sweep"
+RETRAIN = retrain.RETRAIN_TASK
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -54,6 +58,12 @@ def _celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         # Redis redelivers an unacknowledged task after this; above the longest task.
         "broker_transport_options": {"visibility_timeout": 2 * longest_task_s},
+        # Retrains on their own queue, which every worker also consumes by default.
+        "task_queues": (Queue("celery", routing_key="celery"), Queue(retrain.TRAINING_QUEUE, routing_key=retrain.TRAINING_QUEUE)),
+        "task_routes": {RETRAIN: {"queue": retrain.TRAINING_QUEUE}},
+        "beat_schedule": beat_schedule(settings),
+        "beat_schedule_filename": beat_schedule_file(settings),
+        "timezone": "UTC",
     }
     if settings.broker.startswith("filesystem://"):
         folder = settings.broker_folder
@@ -112,6 +122,13 @@ def _register_tasks(app: Celery) -> None:
     def sweep() -> int:
         return run_sweep(app)
 
+    # A retrain outlives the visibility timeout; a redelivered copy finds its run claimed and stops.
+    limit_s = app.voicegender_settings.retrain_time_limit_s
+
+    @app.task(name=RETRAIN, time_limit=limit_s, soft_time_limit=limit_s - 60)
+    def retrain_model(run_id: int | None = None, overrides: dict | None = None) -> None:
+        retrain.retrain_task(runtime(app), run_id, overrides=overrides)
+
 
 def enqueue_chunks(app: Celery, job_id: str, indices: list[int]) -> None:
     """Record the enqueue time first, so the sweep measures its deadline from now."""
@@ -125,6 +142,7 @@ def enqueue_chunks(app: Celery, job_id: str, indices: list[int]) -> None:
 
 
 def run_sweep(app: Celery) -> int:
+    retrain.expire_stale_runs(runtime(app))  # frees the retrain lock of a dead worker
     return jobs.sweep(
         runtime(app),
         enqueue=lambda job_id, index: app.send_task(CLASSIFY_CHUNK, args=[job_id, index]),

@@ -139,6 +139,7 @@ def _train_config(settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
 class _Active:
     version: str
     path: str
+    split: dict | None
 
 
 def _retrain(rt: Runtime, run_id: int, hb: RunHeartbeat, cfg: TrainConfig) -> None:
@@ -146,11 +147,13 @@ def _retrain(rt: Runtime, run_id: int, hb: RunHeartbeat, cfg: TrainConfig) -> No
     hb.set_stage("gathering data")
     with rt.sessions() as s:
         row = ensure_active_model(s, settings.model_path)
-        active = _Active(row.version, row.path)
+        active = _Active(row.version, row.path, row.split)
         held_out = registry.fixed_held_out_speakers(s)
         job_rows = registry.labelled_job_clips(s) if settings.retrain_include_jobs else []
     sources = read_sources(settings.training_source_paths)
-    held_out = held_out or choose_held_out_speakers(sources, fraction=settings.retrain_held_out_fraction, seed=settings.retrain_seed)
+    how = "fixed by the first retrain"
+    if not held_out:
+        held_out, how = choose_held_out_speakers(sources, fraction=settings.retrain_held_out_fraction, seed=settings.retrain_seed, active_split=active.split)
     with rt.sessions() as s:
         registry.update_run(s, run_id, held_out_speakers=held_out, active_version=active.version)
     job_clips = job_clips_as_training(job_rows, held_out=set(held_out))
@@ -166,6 +169,7 @@ def _retrain(rt: Runtime, run_id: int, hb: RunHeartbeat, cfg: TrainConfig) -> No
     hb.set_stage("evaluating the active model")
     active_metrics = evaluate_checkpoint(Path(active.path), clips, split.test, cache_dir=settings.data_dir / "cache")
     comparison = _compare(candidate, active, active_metrics, settings.retrain_margin, held_out)
+    comparison.held_out_origin = how
     hb.set_stage("deciding")
     _settle(rt, run_id, candidate, comparison, out_dir / "report.html", cfg)
 

@@ -1,8 +1,9 @@
 """Per-process resources of a worker: database sessions and the cached model.
 
 Built lazily in each worker process on its first task (after the fork, and
-outside ``worker_process_init``'s 4 s limit); the model is cached by path and
-content hash, so a new checkpoint is picked up at the next chunk.
+outside ``worker_process_init``'s 4 s limit). The model is the registry's
+active version, looked up for every chunk (one indexed row) and loaded once
+per version, so a promotion is picked up at the next chunk without a restart.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from classifier.errors import InvalidCheckpoint
 from classifier.model import ModelBundle, load_checkpoint
 from classifier.pipeline import Classifier, use_bf16
 from db.session import create_db_engine, make_session_factory
+from training.lifecycle import ensure_active_model
 from voicegender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     settings: Settings
     sessions: sessionmaker[Session]
-    _models: dict[tuple[str, float], ModelBundle] = field(default_factory=dict)
+    _models: dict[str, ModelBundle] = field(default_factory=dict)
     _classifier: Classifier | None = None
     # The warm-up thread and the first task may ask for the model at once.
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -40,14 +43,18 @@ class Runtime:
         return cls(settings=settings, sessions=make_session_factory(create_db_engine(settings.db_url)))
 
     def model(self) -> ModelBundle:
-        """The configured checkpoint, loaded once per process and per file version."""
-        path = Path(self.settings.model_path)
-        key = (str(path.resolve()), path.stat().st_mtime)
-        if key not in self._models:
-            self._models.clear()
-            self._models[key] = load_checkpoint(path)
-            log.info("loaded model %s from %s", self._models[key].version, path)
-        return self._models[key]
+        """The active model (the configured checkpoint while the registry is empty), loaded once per version."""
+        with self.sessions() as s:
+            row = ensure_active_model(s, Path(self.settings.model_path))
+            version, path, sha256 = row.version, row.path, row.sha256
+        if version not in self._models:
+            bundle = load_checkpoint(path)
+            if bundle.sha256 != sha256:
+                raise InvalidCheckpoint(f"{path} changed since model {version} was registered (sha256 {bundle.sha256[:12]}, registered {sha256[:12]})")
+            self._models.clear()  # one model in memory per process
+            self._models[version] = bundle
+            log.info("loaded model %s from %s", version, path)
+        return self._models[version]
 
     def classifier(self) -> Classifier:
         """A classifier of the current model, made once per model (its device and layout are set then)."""

@@ -204,3 +204,35 @@ def test_beat_schedule_has_the_retrain_entry_only_when_the_cron_is_set(tmp_path)
     assert entry["schedule"] == crontab(minute="30", hour="2", day_of_week="1")
     with pytest.raises(ValueError, match="5 fields"):
         Settings(data_dir=tmp_path, retrain_cron="every sunday")
+
+
+def test_first_held_out_set_prefers_the_active_models_own_validation_speakers():
+    from training.lifecycle import choose_held_out_speakers
+
+    clips = corpus(5)
+    chosen, how = choose_held_out_speakers(clips, fraction=0.2, seed=0, active_split={"val_speakers": ["female2", "male4", "gone"]})
+    assert chosen == ["female2", "male4"] and "never trained on them" in how
+    # Only one gender of them left in the sources: draw afresh, and say the comparison may favour the active model.
+    chosen, how = choose_held_out_speakers(clips, fraction=0.2, seed=0, active_split={"val_speakers": ["female2"]})
+    assert {"female", "male"} == {next(c.gender for c in clips if c.speaker == s) for s in chosen} and "may have heard" in how
+    assert choose_held_out_speakers(clips, fraction=0.2, seed=0, active_split=None)[0] == chosen  # seeded
+
+
+def test_a_registered_run_folder_keeps_its_speaker_lists(sessions, tmp_path):
+    import json
+
+    import torch
+
+    from classifier.features import logmel_config
+    from classifier.model import GenderResNet, ModelBundle, save_checkpoint
+    from training.lifecycle import ensure_active_model
+
+    cfg = logmel_config(sample_rate=8000, n_mels=32)
+    save_checkpoint(ModelBundle(model=GenderResNet(cfg.n_bins), features=cfg, version="run-1"), tmp_path / "run" / "model.pt")
+    (tmp_path / "run" / "split.json").write_text(json.dumps({"name": "s", "kind": "speaker_disjoint", "train": [0], "val": [1], "val_speakers": ["a"], "train_speakers": ["b"]}))
+    torch.manual_seed(0)
+    with sessions() as s:
+        row = ensure_active_model(s, tmp_path / "run" / "model.pt")
+        assert (row.version, row.status, row.split["val_speakers"]) == ("run-1", "active", ["a"])
+        assert "val" not in row.split  # clip indices are the run's own business
+        assert ensure_active_model(s, tmp_path / "elsewhere.pt").version == "run-1"  # a registry with an active model keeps it
