@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -156,20 +156,21 @@ def test_a_killed_retrain_leaves_the_active_model_and_is_marked_failed(
 ):
     env = retrain_env(service_env, redis_url, corpus, retrain_steps=5000, retrain_eval_every=1000, retrain_stale_s=4)
     with worker(env) as w:
-        w.wait_ready()
+        w.wait_ready(timeout_s=600)
         run_id = int(voicegender(env, "retrain").stdout)
         wait_until(lambda: (registry_table.run(run_id)["stage"] or "").startswith("training ") and registry_table.run(run_id)["stage"] != "training 1/5000",
-                   timeout_s=180, interval_s=0.2, what="the retrain to be training")
+                   timeout_s=600, interval_s=0.2, what="the retrain to be training")
         w.kill()
     assert registry_table.active() == ["it-1"]
     assert registry_table.run(run_id)["state"] == "running"  # nobody knows yet; a request now would expire it first
 
     with worker(env) as w:  # its sweep fails the run once the heartbeat is stale
-        run = wait_until(lambda: (r := registry_table.run(run_id))["state"] != "running" and r, timeout_s=60, interval_s=0.2, what="the sweep")
+        w.wait_ready(timeout_s=600)
+        run = wait_until(lambda: (r := registry_table.run(run_id))["state"] != "running" and r, timeout_s=120, interval_s=0.2, what="the sweep")
         assert run["state"] == "failed" and "the retrain died" in run["error"] and run["decision"] is None
         assert registry_table.active() == ["it-1"]
         assert [r["version"] for r in registry_table.rows("SELECT version FROM models")] == ["it-1"]
-        again = json.loads(voicegender(env, "retrain", "--steps", "2", "--wait", "--json").stdout)  # the lock is free
+        again = json.loads(voicegender(env, "retrain", "--steps", "2", "--wait", "--json", timeout_s=900).stdout)  # the lock is free
     assert again["state"] == "done" and again["id"] != run_id, again
 
 
@@ -213,3 +214,41 @@ def test_api_retrain_is_token_protected_and_refuses_a_second_one(tmp_path, tiny_
     assert client.post("/models/it-1/promote", headers=auth).json()["status"] == "active"
     queued = list((settings.broker_folder / "queue").iterdir())
     assert len([p for p in queued if b"worker.tasks.retrain" in p.read_bytes()]) == 1  # one message: the refused one sent none
+
+
+# --- the same promises on PostgreSQL ---------------------------------------------------------------
+
+from .test_migrations import postgres_server, postgres_url  # noqa: E402, F401  (fixtures: a throwaway cluster)
+
+
+def test_one_active_model_and_one_running_retrain_on_postgres(postgres_url):
+    from sqlalchemy.exc import IntegrityError
+
+    from db import registry
+    from db.migrate import upgrade_database
+    from db.schema import ModelVersion, utcnow
+    from db.session import create_db_engine, make_session_factory
+
+    upgrade_database(postgres_url)
+    engine = create_db_engine(postgres_url)
+    sessions = make_session_factory(engine)
+    try:
+        with sessions() as s:
+            registry.register_model(s, version="a", path="/a", sha256="0" * 64, status="active")
+            registry.register_model(s, version="b", path="/b", sha256="0" * 64)
+            s.add(ModelVersion(version="c", path="/c", sha256="0" * 64, status="active", created_at=utcnow()))
+            with pytest.raises(IntegrityError):  # the partial unique index, not the application
+                s.commit()
+            s.rollback()
+            assert registry.promote(s, "b", expected_active="a") == ("a", "b")
+            assert registry.active_model(s).version == "b"
+            run = registry.start_run(s, trigger="manual", stale_after_s=60, unclaimed_after_s=600)
+            with pytest.raises(registry.RetrainRunning, match=f"run {run.id}"):
+                registry.start_run(s, trigger="schedule", stale_after_s=60, unclaimed_after_s=600)
+            assert registry.claim_run(s, run.id, worker="w") and registry.heartbeat_run(s, run.id, stage="training 1/2")
+            registry.update_run(s, run.id, held_out_speakers=["x", "y"])
+            assert registry.fixed_held_out_speakers(s) == ["x", "y"]
+            assert registry.expire_stale_runs(s, older_than=utcnow() + timedelta(seconds=1)) == [run.id]
+            assert registry.labelled_job_clips(s) == []
+    finally:
+        engine.dispose()
