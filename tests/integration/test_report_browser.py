@@ -24,7 +24,7 @@ import pytest
 
 from classifier.synthetic import write_labelled_folder
 
-from .conftest import REPO, free_port, run_voicegender, running_worker, wait_until
+from .conftest import REPO, JobTable, free_port, running_worker, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -34,6 +34,7 @@ pytestmark = [
 EVIL_NAME = "<script>alert(1)</script>.wav"  # a folder "<script>alert(1)<" holding "script>.wav"
 FINAL_STATES = {"done", "done_with_errors", "failed", "cancelled"}
 TOKEN = "page-test-token"
+JOB_TIMEOUT_S = 900  # generous: on a busy two-core machine a niced test gets a small share of a core
 
 
 # --- a browser over the DevTools protocol ------------------------------------------------------
@@ -48,7 +49,7 @@ class Chromium:
     events: list[dict] = field(default_factory=list)
     _next_id: int = 0
 
-    def send(self, method: str, timeout_s: float = 60, **params) -> dict:
+    def send(self, method: str, timeout_s: float = 120, **params) -> dict:
         self._next_id += 1
         call_id = self._next_id
         self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
@@ -81,7 +82,7 @@ class Chromium:
         while time.monotonic() < deadline:
             self._receive(deadline - time.monotonic())
 
-    def navigate(self, url: str, timeout_s: float = 60) -> None:
+    def navigate(self, url: str, timeout_s: float = 120) -> None:
         self.events.clear()
         self.send("Page.navigate", url=url)
         self.wait_for_event("Page.loadEventFired", timeout_s=timeout_s)
@@ -131,10 +132,11 @@ class Chromium:
         return [e["params"]["message"] for e in self.events if e["method"] == "Page.javascriptDialogOpening"]
 
 
-def devtools_page_url(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+def devtools_page_url(port: int) -> str | None:
+    """The first page's DevTools socket; None until Chromium has opened it (shortly after its port file)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as r:
         targets = json.load(r)
-    return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+    return next((t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page"), None)
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +152,10 @@ def browser() -> Iterator[Chromium]:
     )
     try:
         port_file = profile / "DevToolsActivePort"
-        wait_until(lambda: port_file.is_file() and port_file.read_text().strip(), timeout_s=60, what="Chromium's DevTools port")
+        wait_until(lambda: port_file.is_file() and port_file.read_text().strip(), timeout_s=120, what="Chromium's DevTools port")
         port = int(port_file.read_text().split()[0])
-        ws = websocket.create_connection(devtools_page_url(port), timeout=30, suppress_origin=True)
+        page_url = wait_until(lambda: devtools_page_url(port), timeout_s=60, interval_s=0.2, what="Chromium's first page")
+        ws = websocket.create_connection(page_url, timeout=60, suppress_origin=True)
         chrome = Chromium(proc=proc, ws=ws)
         for domain in ("Page", "Runtime", "Network", "Log", "DOM"):
             chrome.send(f"{domain}.enable")
@@ -181,21 +184,44 @@ def env_for(data_dir: Path, model: Path, **extra: object) -> dict[str, str]:
     return env
 
 
-def status(env: dict[str, str], job_id: str) -> dict:
-    return json.loads(run_voicegender(env, "status", job_id, "--json").stdout)
-
-
 @dataclass
 class FinishedJobs:
-    env: dict[str, str]
-    labelled: dict
+    labelled: dict  # the jobs table's row
     unlabelled: dict
-    folder: Path
+    results: dict[str, list[dict]]  # per job, db.jobs.job_results rows (what `voicegender results` prints)
+
+
+def submit_in_process(env: dict[str, str], folders: list[Path]) -> list[str]:
+    """The real submit path (copy, hash, label, one transaction, enqueue) without a process start per job."""
+    from voicegender.bootstrap import build_services
+    from voicegender.settings import Settings
+    from worker.submit import submit_folder
+
+    settings = Settings(**{k.removeprefix("VOICEGENDER_").lower(): v for k, v in env.items() if k.startswith("VOICEGENDER_")})
+    services = build_services(settings)
+    ids = [submit_folder(settings, services.sessions, services.app, folder)[0].id for folder in folders]
+    services.app.close()
+    return ids
+
+
+def wait_for_jobs(table: JobTable, ids: list[str], worker, *, timeout_s: float) -> list[dict]:
+    """Poll the job table (cheap: no process start) until every job is final."""
+
+    def all_final():
+        if worker.proc.poll() is not None:
+            pytest.fail(f"worker exited:\n{worker.log_tail()}")
+        rows = [table.job(job_id) for job_id in ids]
+        return rows if all(r["state"] in FINAL_STATES for r in rows) else None
+
+    return wait_until(all_final, timeout_s=timeout_s, interval_s=0.5, what=f"jobs {ids} to finish")
 
 
 @pytest.fixture(scope="module")
-def finished_jobs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> FinishedJobs:
+def finished_jobs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[FinishedJobs]:
     """A labelled job (with a file named like a script tag and a broken file) and an unlabelled one, both finished."""
+    from db.jobs import job_results
+    from db.session import create_db_engine, make_session_factory
+
     root = tmp_path_factory.mktemp("report-jobs")
     labelled = write_labelled_folder(root / "labelled", n_clips=10, sr=16000, seed=21)
     first = sorted(labelled.glob("*.wav"))[0]
@@ -207,16 +233,15 @@ def finished_jobs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
     for i, wav in enumerate(sorted(labelled.glob("clip_*.wav"))[:5]):
         shutil.copy(wav, unlabelled / f"recording_{i}.wav")  # no label token, no labels.csv
     env = env_for(root / "data", tiny_model)
-    ids = [json.loads(run_voicegender(env, "submit", str(f), "--json").stdout)["id"] for f in (labelled, unlabelled)]
+    ids = submit_in_process(env, [labelled, unlabelled])
+    table = JobTable(root / "data")
     with running_worker(env, root / "worker.log") as w:
-        def all_final():
-            if w.proc.poll() is not None:
-                pytest.fail(f"worker exited:\n{w.log_tail()}")
-            states = [status(env, job_id) for job_id in ids]
-            return states if all(s["state"] in FINAL_STATES for s in states) else None
-
-        done = wait_until(all_final, timeout_s=300, interval_s=1, what="both report jobs to finish")
-    return FinishedJobs(env=env, labelled=done[0], unlabelled=done[1], folder=labelled)
+        rows = wait_for_jobs(table, ids, w, timeout_s=JOB_TIMEOUT_S)
+    sessions = make_session_factory(create_db_engine(f"sqlite:///{root / 'data' / 'voicegender.db'}"))
+    with sessions() as session:
+        results = {job_id: job_results(session, job_id) for job_id in ids}
+    yield FinishedJobs(labelled=rows[0], unlabelled=rows[1], results=results)
+    table.engine.dispose()
 
 
 def open_report(browser: Chromium, report: Path) -> None:
@@ -235,8 +260,9 @@ def image_states(browser: Chromium) -> list[dict]:
 
 def test_labelled_report_renders_offline_with_numbers_from_the_results(browser: Chromium, finished_jobs: FinishedJobs, tmp_path: Path):
     job = finished_jobs.labelled
-    assert job["state"] == "done_with_errors" and job["failed"] == 1, job
-    report = Path(job["report"])
+    rows = finished_jobs.results[job["id"]]
+    assert job["state"] == "done_with_errors" and sum(bool(r["error"]) for r in rows) == 1, job
+    report = Path(job["report_path"])
     open_report(browser, report)
 
     shot = browser.screenshot(tmp_path / "labelled-report.png")
@@ -251,7 +277,6 @@ def test_labelled_report_renders_offline_with_numbers_from_the_results(browser: 
     assert sum(i["alt"].startswith("GradCAM overlay") for i in images) >= 3
     assert browser.evaluate("document.querySelectorAll('#examples audio').length") >= 3
 
-    rows = json.loads(run_voicegender(finished_jobs.env, "results", job["id"], "--format", "json").stdout)
     scored = [r for r in rows if r["label"] in ("female", "male") and r["prediction"] in ("female", "male")]
     expected_cm = {f"{t}/{p}": sum(r["label"] == t and r["prediction"] == p for r in scored) for t in ("female", "male") for p in ("female", "male")}
     shown_cm = browser.evaluate(
@@ -269,7 +294,7 @@ def test_labelled_report_renders_offline_with_numbers_from_the_results(browser: 
 
 
 def test_script_tag_file_name_is_text_and_runs_nothing(browser: Chromium, finished_jobs: FinishedJobs):
-    open_report(browser, Path(finished_jobs.labelled["report"]))
+    open_report(browser, Path(finished_jobs.labelled["report_path"]))
     assert browser.dialogs() == []
     assert browser.evaluate("document.querySelectorAll('script').length") == 1  # the report's own
     cells = browser.evaluate("Array.from(document.querySelectorAll('#files tbody td:first-child')).map(td => td.textContent)")
@@ -277,7 +302,7 @@ def test_script_tag_file_name_is_text_and_runs_nothing(browser: Chromium, finish
 
 
 def test_table_sorts_and_filters_in_the_page(browser: Chromium, finished_jobs: FinishedJobs):
-    open_report(browser, Path(finished_jobs.labelled["report"]))
+    open_report(browser, Path(finished_jobs.labelled["report_path"]))
     browser.evaluate("document.querySelector('#files th[data-key=\"2\"]').click()")  # p_female, ascending
     values = browser.evaluate(
         "Array.from(document.querySelectorAll('#files tbody tr')).map(r => r.cells[2].textContent).filter(t => t !== '').map(Number)"
@@ -294,8 +319,9 @@ def test_table_sorts_and_filters_in_the_page(browser: Chromium, finished_jobs: F
 
 def test_unlabelled_report_has_no_labelled_sections_and_says_why(browser: Chromium, finished_jobs: FinishedJobs):
     job = finished_jobs.unlabelled
-    assert (job["state"], job["done"], job["label_source"]) == ("done", 5, None), job
-    open_report(browser, Path(job["report"]))
+    assert (job["state"], job["total"], job["label_source"]) == ("done", 5, None), job
+    assert all(r["prediction"] and not r["label"] for r in finished_jobs.results[job["id"]])
+    open_report(browser, Path(job["report_path"]))
     assert browser.console_errors() == []
     assert browser.evaluate("document.getElementById('confusion') === null && document.getElementById('labelled') === null")
     why = browser.evaluate("document.getElementById('no-labels').textContent")
@@ -328,7 +354,7 @@ def api_server(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[str, dict[str
             return False
 
     try:
-        wait_until(answers, timeout_s=120, interval_s=0.3, what="the API to answer")
+        wait_until(answers, timeout_s=300, interval_s=0.3, what="the API to answer")
         yield url, env
     finally:
         proc.terminate()
@@ -357,16 +383,16 @@ def test_jobs_page_submits_a_job_and_follows_it_to_its_report(browser: Chromium,
     # Without the token the server refuses, and the page says so.
     browser.evaluate("document.querySelector('#upload-token').removeAttribute('required'); document.querySelector('#upload button').click()")
     wait_until(lambda: "upload failed: 401" in browser.evaluate("document.getElementById('upload-message').textContent"),
-               timeout_s=30, what="the 401 message")
+               timeout_s=120, what="the 401 message")
     browser.events.clear()  # Chromium logs the refused request as a console error; from here on there must be none
     browser.evaluate(f"document.getElementById('upload-token').value = '{TOKEN}'; document.querySelector('#upload button').click()")
     message = wait_until(
         lambda: (m := browser.evaluate("document.getElementById('upload-message').textContent")).startswith("job ") and m,
-        timeout_s=60, what="the job to be created",
+        timeout_s=300, what="the job to be created",
     )
     job_id = message.split()[1]
     assert message.endswith("created with 6 file(s)")
-    first = wait_until(lambda: row_state(browser, job_id), timeout_s=30, what="the new job's row")
+    first = wait_until(lambda: row_state(browser, job_id), timeout_s=120, what="the new job's row")
     assert first["progress"] == "0 / 6" and first["state"] == "queued" and not first["report"]
 
     seen = [first["progress"]]
@@ -378,7 +404,7 @@ def test_jobs_page_submits_a_job_and_follows_it_to_its_report(browser: Chromium,
             seen.append(state["progress"])
             return state if state["state"] in FINAL_STATES and state["report"] else None
 
-        final = wait_until(finished, timeout_s=300, interval_s=0.3, what="the page to show the job finished")
+        final = wait_until(finished, timeout_s=JOB_TIMEOUT_S, interval_s=0.3, what="the page to show the job finished")
     assert (final["state"], final["progress"]) == ("done", "6 / 6"), final
     done_counts = [int(p.split(" / ")[0]) for p in seen]
     assert done_counts == sorted(done_counts) and done_counts[0] == 0 and done_counts[-1] == 6
@@ -386,7 +412,7 @@ def test_jobs_page_submits_a_job_and_follows_it_to_its_report(browser: Chromium,
 
     browser.events.clear()
     browser.evaluate(f"document.querySelector('tr[data-job-id=\"{job_id}\"] a.report').click()")
-    browser.wait_for_event("Page.loadEventFired", timeout_s=60)
+    browser.wait_for_event("Page.loadEventFired", timeout_s=120)
     assert browser.evaluate("location.pathname") == f"/jobs/{job_id}/report"
     assert job_id in browser.evaluate("document.title")
     images = image_states(browser)
