@@ -8,13 +8,15 @@ because the sizes a central directory declares can lie.
 """
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import stat
 import time
 import zipfile
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -22,6 +24,8 @@ from typing import BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
+
+from worker.submit import STORAGE_ERRNOS, StorageError
 
 BLOCK_BYTES = 1 << 20  # files are written and extracted in 1 MiB blocks
 MAX_FIELD_BYTES = 64 * 1024  # text fields (folder, idempotency_key) are short
@@ -259,6 +263,16 @@ async def receive_multipart(
     upload = Upload(root=root)
     sink = _MultipartSink(upload, limits)
     parser = MultipartParser(multipart_boundary(content_type), sink.callbacks())
+    with disk_errors():
+        await _receive(chunks, parser, sink, limits)
+        if upload.archive is not None:
+            if upload.names:
+                raise UploadRefused("send either audio files or one .zip archive, not both")
+            upload.names = await run_in_threadpool(extract_zip, upload.archive_path, upload.folder, limits)
+    return upload
+
+
+async def _receive(chunks: AsyncIterator[bytes], parser: MultipartParser, sink: _MultipartSink, limits: UploadLimits) -> None:
     body_bytes = 0
     try:
         async for chunk in chunks:
@@ -273,11 +287,19 @@ async def receive_multipart(
         sink.close()
     if not sink.complete:
         raise UploadRefused("the multipart body ended before its closing boundary (truncated upload?)")
-    if upload.archive is not None:
-        if upload.names:
-            raise UploadRefused("send either audio files or one .zip archive, not both")
-        upload.names = await run_in_threadpool(extract_zip, upload.archive_path, upload.folder, limits)
-    return upload
+
+
+@contextmanager
+def disk_errors() -> Iterator[None]:
+    """OS errors while writing an upload, said as what they mean: the client's name, or the server's disk."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise UploadRefused(f"a file name is too long to store: {str(exc.filename)[-200:]!r}") from None
+        if exc.errno in STORAGE_ERRNOS:
+            raise StorageError(f"cannot store the upload under the data directory: {exc.strerror}") from None
+        raise
 
 
 def remove_stale_uploads(uploads_dir: Path, *, older_than_s: float) -> int:
@@ -305,6 +327,8 @@ def extract_zip(archive: Path, dest: Path, limits: UploadLimits) -> list[str]:
     """
     try:
         with zipfile.ZipFile(archive) as zf:
+            if any(not m.filename for m in zf.infolist()):  # a name of only NUL bytes; zipfile's is_dir() fails on it
+                raise UploadRefused("archive holds an entry with an empty name")
             members = [m for m in zf.infolist() if not m.is_dir() and not _is_mac_metadata(m.filename)]
             check_zip_members(members, limits)
             budget = _ByteBudget(limits.max_bytes)
