@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -33,8 +34,13 @@ def manifest_paths(manifest: Path) -> list[Path]:
         return [manifest.parent / row["path"] for row in csv.DictReader(fh)]
 
 
-def measure_agreement(paths: list[Path], model_path: Path, *, batch_windows: int, explain_sample: int) -> dict:
-    """Verdicts of fp32 and bf16 on every readable file; attention on the first ``explain_sample`` files."""
+def measure_agreement(
+    paths: list[Path], model_path: Path, *, batch_windows: int, explain_sample: int, report=None, report_every: int = 100
+) -> dict:
+    """Verdicts of fp32 and bf16 on every readable file; attention on the first ``explain_sample`` files.
+
+    ``report(partial)`` gets the figures so far every ``report_every`` files.
+    """
     fp32 = Classifier(load_checkpoint(model_path), batch_windows=batch_windows, explain=False, bf16=False)
     bf16 = Classifier(load_checkpoint(model_path), batch_windows=batch_windows, explain=False, bf16=True)
     file_agree, window_agree, n_windows, max_delta, skipped, corrs = 0, 0, 0, 0.0, 0, []
@@ -54,6 +60,12 @@ def measure_agreement(paths: list[Path], model_path: Path, *, batch_windows: int
         if scored < explain_sample:
             corrs.append(_attention_correlation(fp32, bf16, clip))
         scored += 1
+        if report is not None and scored % report_every == 0:
+            report(_figures(scored, skipped, n_windows, file_agree, window_agree, max_delta, corrs))
+    return _figures(scored, skipped, n_windows, file_agree, window_agree, max_delta, corrs)
+
+
+def _figures(scored, skipped, n_windows, file_agree, window_agree, max_delta, corrs) -> dict:
     return {
         "files": scored, "skipped": skipped, "windows": n_windows,
         "file_agreement": file_agree / scored, "window_agreement": window_agree / n_windows,
@@ -85,12 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="only the first N files")
     p.add_argument("--explain-sample", type=int, default=300, help="files whose attention maps are compared")
     p.add_argument("--target", type=float, default=0.999)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", type=Path, help="also write the figures here, updated every 100 files")
     args = p.parse_args(argv)
     settings = Settings()
-    torch.set_num_threads(os.cpu_count() or 1)
-    paths = manifest_paths(args.manifest)[: args.limit]
-    result = measure_agreement(paths, args.model or settings.model_path, batch_windows=settings.batch_windows, explain_sample=args.explain_sample)
-    result.update(model=str(args.model or settings.model_path), manifest=str(args.manifest), target=args.target, bf16_kept=result["file_agreement"] >= args.target)
+    torch.set_num_threads(args.threads)
+    paths = manifest_paths(args.manifest)
+    random.Random(0).shuffle(paths)  # any prefix is a fair sample of every corpus
+    paths = paths[: args.limit]
+    context = {"model": str(args.model or settings.model_path), "manifest": str(args.manifest), "target": args.target}
+
+    def write(figures: dict, *, final: bool = False) -> dict:
+        figures = {**figures, **context, "complete": final, "bf16_kept": figures["file_agreement"] >= args.target}
+        if args.out:
+            args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        return figures
+
+    result = measure_agreement(
+        paths, args.model or settings.model_path, batch_windows=settings.batch_windows,
+        explain_sample=args.explain_sample, report=write,
+    )
+    result = write(result, final=True)
     print(json.dumps(result, indent=2))
     return 0 if result["bf16_kept"] else 1
 

@@ -119,18 +119,25 @@ def _service_figures(opts: BenchOptions, services, workers: Workers, clips: list
         out[f"scale_{n_workers}_cps"] = opts.scale_clips_used / _job(services, scale, opts.scale_clips_used, f"{n_workers} worker(s)")
     while len(workers.procs) < opts.service_workers:
         workers.start()
-    out["end_to_end_s"] = _job(services, clips[0].parent, len(clips), f"end to end, {len(workers.procs)} workers")
+    out["end_to_end_s"] = _job(services, clips[0].parent, len(clips), f"end to end, {len(workers.procs)} workers", workers)
     out["end_to_end_cps"] = len(clips) / out["end_to_end_s"]
     out["worker_peak_rss_mb"] = workers.peak_rss_mb()
+    out["worker_peak_anon_mb"] = workers.peak_anon_kib / 1024
     _say(f"latency: {opts.latency_runs} jobs of {LATENCY_CLIPS} clips")
     out["latency_s"] = [run_job(services, small) for _ in range(opts.latency_runs)]
     out["workers"] = len(workers.procs)
+    out["finalize_s"] = workers.task_seconds("worker.tasks.finalize_job")[-opts.latency_runs :]
     return out
 
 
-def _job(services, folder: Path, n: int, what: str) -> float:
+def _job(services, folder: Path, n: int, what: str, workers: Workers | None = None) -> float:
+    def progress(done: int) -> None:
+        bar.update(done - bar.n)
+        if workers is not None:
+            workers.sample()
+
     with tqdm(total=n, desc=what, unit="clip", file=sys.stderr) as bar:
-        return run_job(services, folder, progress=lambda done: bar.update(done - bar.n))
+        return run_job(services, folder, progress=progress)
 
 
 def summarise(opts, settings, bundle, feats, baseline, limit, service) -> dict:
@@ -159,7 +166,9 @@ def summarise(opts, settings, bundle, feats, baseline, limit, service) -> dict:
             "one_worker_cps": round(service["scale_1_cps"], 1),
             "two_workers_cps": round(service["scale_2_cps"], 1),
             "end_to_end_s": round(service["end_to_end_s"], 2),
+            "worker_peak_private_mb": round(service["worker_peak_anon_mb"], 1),
             "latency_runs_s": [round(t, 3) for t in service["latency_s"]],
+            "latency_finalize_task_s": [round(t, 3) for t in service["finalize_s"]],
             "baseline_threads": baseline["threads"],
             "features_seed_mfcc_cps": {k: round(feats["seed_mfcc"][k], 1) for k in ("batched_cps", "librosa_cps")},
             "features_production_speedup": round(feats["production"]["speedup"], 1),

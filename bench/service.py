@@ -6,6 +6,7 @@ on one loopback port, so a run touches nothing of the machine's own service.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -78,6 +79,12 @@ class Workers:
     env: dict[str, str]
     log_dir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    peak_anon_kib: int = 0  # private memory (RssAnon), sampled by :meth:`sample`
+
+    def sample(self) -> None:
+        """Note the workers' private resident memory now; VmHWM also counts shared library pages."""
+        for proc in self.procs:
+            self.peak_anon_kib = max(self.peak_anon_kib, _status_kib(proc.pid, "RssAnon") or 0)
 
     def start(self) -> None:
         """One more worker; returns once it consumes and its model is loaded and warm."""
@@ -97,9 +104,15 @@ class Workers:
 
     def peak_rss_mb(self) -> float | None:
         """The largest peak resident set (VmHWM) of any worker process so far, in MiB; None off Linux."""
-        peaks = [_vm_hwm_kib(p.pid) for p in self.procs if p.poll() is None]
+        peaks = [_status_kib(p.pid, "VmHWM") for p in self.procs if p.poll() is None]
         peaks = [p for p in peaks if p is not None]
         return max(peaks) / 1024 if peaks else None
+
+    def task_seconds(self, task: str) -> list[float]:
+        """How long each run of ``task`` took, from the workers' logs (Celery's "succeeded in" lines)."""
+        pattern = re.compile(rf"Task {re.escape(task)}\[[^\]]+\] succeeded in ([0-9.]+)s")
+        logs = sorted(self.log_dir.glob("worker-*.log"))
+        return [float(m.group(1)) for log in logs for m in pattern.finditer(log.read_text(errors="replace"))]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -150,11 +163,12 @@ def _settled(session, job_id: str) -> int:
     return counts["done"] + counts["failed"]
 
 
-def _vm_hwm_kib(pid: int) -> int | None:
+def _status_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` (Linux); None where there is none."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1])
     except OSError:
         return None

@@ -180,19 +180,16 @@ class Heartbeat(threading.Thread):
 
 
 def preload_model(app: Celery) -> None:
-    """Load and warm the model in a background thread, so the first chunk does not wait for it.
+    """Load and warm the model before the first task, so a small job does not wait for it.
 
-    A thread, because ``worker_process_init`` handlers must return within 4 s.
+    In the worker's own thread: the GradCAM hooks and flags it sets are
+    model-wide, so a background warm-up could collide with a task's (the
+    report's evidence uses the same model).
     """
-    rt = runtime(app)
-
-    def load() -> None:
-        try:
-            rt.warm_up()
-        except Exception:  # the first chunk loads it again and reports the error on its clips
-            log.exception("model preload failed")
-
-    threading.Thread(target=load, name="voicegender-preload", daemon=True).start()
+    try:
+        runtime(app).warm_up()
+    except Exception:  # the first chunk loads it again and reports the error on its clips
+        log.exception("model preload failed")
 
 
 def install_worker_signals(app: Celery) -> None:
@@ -203,12 +200,10 @@ def install_worker_signals(app: Celery) -> None:
     def _ready(sender=None, **_kwargs) -> None:
         holder["hb"] = Heartbeat(app)
         holder["hb"].start()
+        # Solo/threads pool: tasks run in this process. Prefork children load
+        # lazily: worker_process_init allows 4 s, too little for a warm-up.
         if not isinstance(getattr(sender, "pool", None), prefork.TaskPool):
-            preload_model(app)  # solo/threads pool: tasks run in this process
-
-    @signals.worker_process_init.connect(weak=False)
-    def _child_started(**_kwargs) -> None:
-        preload_model(app)  # a prefork child, after the fork (never CUDA before it)
+            preload_model(app)
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_kwargs) -> None:

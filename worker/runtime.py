@@ -32,7 +32,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     _models: dict[str, ModelBundle] = field(default_factory=dict)
     _classifier: Classifier | None = None
-    # The warm-up thread and the first task may ask for the model at once.
+    # Tasks of a threads pool may ask for the classifier at once.
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     @classmethod
@@ -72,8 +72,8 @@ class Runtime:
         oneDNN builds its kernels on first use of each shape; a full batch
         here means the first real chunk runs at the steady-state rate.
         """
-        # Held throughout: a task asking for the classifier meanwhile waits
-        # rather than running GradCAM hooks on the same model from two threads.
+        # Held throughout: a thread asking for the classifier meanwhile waits
+        # rather than running GradCAM hooks on the same model at once.
         with self._lock:
             torch.set_num_threads(self.settings.torch_threads or 1)  # per thread under OpenMP
             clf = self.classifier()
