@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+.PHONY: setup demo test fuzz loadtest
 
 $(BIN)/voicegender: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,3 +20,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Not part of `make test`: the loader fuzzer (FUZZ_SECONDS, default 300) and the load test (scripts/loadtest.py --help).
+FUZZ_SECONDS ?= 300
+fuzz: setup
+	$(BIN)/python -m tests.fuzz.fuzz_audio --seconds $(FUZZ_SECONDS)
+
+loadtest: setup
+	$(BIN)/python scripts/loadtest.py $(LOADTEST_ARGS)

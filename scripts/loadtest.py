@@ -74,7 +74,7 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
                 proc.wait()
 
 
-def wait_for(what: str, ready, procs: list[subprocess.Popen], timeout_s: float = 120) -> None:
+def wait_for(what: str, ready, procs: list[subprocess.Popen], timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while not ready():
         if any(p.poll() is not None for p in procs):

@@ -28,6 +28,8 @@ from .conftest import REPO, free_port, wait_until
 from .test_service import FINAL_STATES, assert_every_clip_once, submit, wait_for_final_row, write_long_clips
 
 pytestmark = pytest.mark.slow
+# Finalizing renders the report with model evidence; on a busy 2-core machine that alone can take minutes.
+FINISH_S = 600
 
 
 # --- a Redis we may kill and start again --------------------------------------------------------
@@ -84,19 +86,19 @@ def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
 def test_redis_restarted_mid_job_loses_and_doubles_nothing(
     restartable_redis, service_env, worker, voicegender, job_table, tmp_path
 ):
-    folder = write_long_clips(tmp_path / "in", n_clips=16, duration_s=6)
+    folder = write_long_clips(tmp_path / "in", n_clips=10, duration_s=5)
     env = service_env(broker_url=restartable_redis.url, chunk_size=2, chunk_deadline_s=6, sweep_interval_s=1)
     job_id = submit(voicegender, env, folder)["id"]
     table = job_table(tmp_path / "data")
     with worker(env) as w:
-        w.wait_ready()
-        wait_until(lambda: table.count(job_id, "done") >= 2, timeout_s=120, what="progress before the restart")
+        w.wait_ready(timeout_s=300)
+        wait_until(lambda: table.count(job_id, "done") >= 2, timeout_s=300, what="progress before the restart")
         restartable_redis.kill()  # no persistence: every queued chunk message is gone with it
         done_at_kill = table.count(job_id, "done")
         time.sleep(3)
         restartable_redis.start()
-        final = wait_for_final_row(table, job_id, timeout_s=300, worker=w)
-    assert done_at_kill < 16, "the job finished before Redis went down; make the clips longer"
+        final = wait_for_final_row(table, job_id, timeout_s=FINISH_S, worker=w)
+    assert done_at_kill < 10, "the job finished before Redis went down; make the clips longer"
     assert final["state"] == "done", w.log_tail()
     assert_every_clip_once(table, job_id, folder)
     assert "Connection to broker lost" in w.log_tail(1_000_000) or "Cannot connect to redis" in w.log_tail(1_000_000)
@@ -107,13 +109,13 @@ def test_redis_restarted_mid_job_loses_and_doubles_nothing(
 
 
 def test_sqlite_locked_for_seconds_mid_job_then_the_job_completes(service_env, redis_url, worker, voicegender, job_table, tmp_path):
-    folder = write_long_clips(tmp_path / "in", n_clips=12, duration_s=6)
+    folder = write_long_clips(tmp_path / "in", n_clips=8, duration_s=5)
     env = service_env(broker_url=redis_url, chunk_size=2)
     job_id = submit(voicegender, env, folder)["id"]
     table = job_table(tmp_path / "data")
     with worker(env) as w:
-        w.wait_ready()
-        wait_until(lambda: table.count(job_id, "done") >= 2, timeout_s=120, what="progress before the lock")
+        w.wait_ready(timeout_s=300)
+        wait_until(lambda: table.count(job_id, "done") >= 2, timeout_s=300, what="progress before the lock")
         lock = sqlite3.connect(tmp_path / "data" / "voicegender.db", timeout=30, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")  # no other connection may write until we let go
         done_at_lock = table.count(job_id, "done")
@@ -121,8 +123,8 @@ def test_sqlite_locked_for_seconds_mid_job_then_the_job_completes(service_env, r
         done_while_locked = table.count(job_id, "done")  # WAL: reading still works
         lock.execute("ROLLBACK")
         lock.close()
-        final = wait_for_final_row(table, job_id, timeout_s=240, worker=w)
-    assert done_while_locked == done_at_lock < 12, "a clip was written while the database was locked"
+        final = wait_for_final_row(table, job_id, timeout_s=FINISH_S, worker=w)
+    assert done_while_locked == done_at_lock < 8, "a clip was written while the database was locked"
     assert final["state"] == "done", w.log_tail()
     assert_every_clip_once(table, job_id, folder)
 
@@ -185,7 +187,7 @@ def test_postgres_down_mid_job_tasks_retry_with_backoff_then_succeed(
     with psycopg.connect(postgres_cluster.url("postgres").replace("+psycopg", ""), autocommit=True) as conn:
         conn.execute("CREATE DATABASE vg_faults")
     url = postgres_cluster.url("vg_faults")
-    folder = write_long_clips(tmp_path / "in", n_clips=12, duration_s=6)
+    folder = write_long_clips(tmp_path / "in", n_clips=8, duration_s=5)
     # A deadline past the test: only the tasks' own retries can finish the job, not the sweep.
     env = service_env(broker_url=redis_url, database_url=url, chunk_size=2, chunk_deadline_s=3600)
     job_id = submit(voicegender, env, folder)["id"]
@@ -201,13 +203,13 @@ def test_postgres_down_mid_job_tasks_retry_with_backoff_then_succeed(
 
     try:
         with worker(env) as w:
-            w.wait_ready()
-            wait_until(lambda: count("done") >= 2, timeout_s=120, what="progress before the outage")
+            w.wait_ready(timeout_s=300)
+            wait_until(lambda: count("done") >= 2, timeout_s=300, what="progress before the outage")
             engine.dispose()
             postgres_cluster.stop()
             time.sleep(6)
             postgres_cluster.start()
-            wait_until(lambda: job_state() in FINAL_STATES, timeout_s=300, interval_s=0.5, what="the job to finish")
+            wait_until(lambda: job_state() in FINAL_STATES, timeout_s=FINISH_S, interval_s=0.5, what="the job to finish")
             log = w.log_tail(1_000_000)
         assert job_state() == "done", log[-4000:]
         with engine.connect() as c:
@@ -262,7 +264,7 @@ def test_disk_full_mid_job_fails_the_job_clearly_and_the_service_keeps_serving(
     db_url = f"sqlite:///{tmp_path / 'db' / 'vg.db'}"  # the database on another disk, as PostgreSQL would be
     env = service_env(broker_url=redis_url, database_url=db_url, chunk_size=2)
     healthy = write_labelled_folder(tmp_path / "healthy", n_clips=4, sr=8000, seed=8)
-    long = write_long_clips(tmp_path / "long", n_clips=10, duration_s=6)
+    long = write_long_clips(tmp_path / "long", n_clips=8, duration_s=5)
     engine = create_engine(db_url)
 
     def job(job_id: str) -> dict:
@@ -275,7 +277,7 @@ def test_disk_full_mid_job_fails_the_job_clearly_and_the_service_keeps_serving(
             return c.execute(q, {"j": job_id, "s": state}).scalar_one()
 
     def finished(job_id: str) -> dict:
-        return wait_until(lambda: (j := job(job_id))["finished_at"] and j, timeout_s=240, what=f"job {job_id} to finish")
+        return wait_until(lambda: (j := job(job_id))["finished_at"] and j, timeout_s=FINISH_S, what=f"job {job_id} to finish")
 
     with worker(env) as w:
         before = submit(voicegender, env, healthy)["id"]
@@ -283,12 +285,12 @@ def test_disk_full_mid_job_fails_the_job_clearly_and_the_service_keeps_serving(
         report_before = Path(job(before)["report_path"]).read_bytes()
 
         doomed = submit(voicegender, env, long)["id"]
-        wait_until(lambda: count(doomed, "done") >= 2, timeout_s=120, what="progress before the disk fills")
+        wait_until(lambda: count(doomed, "done") >= 2, timeout_s=300, what="progress before the disk fills")
         filler = fill(small_data_dir)
         final = finished(doomed)
         assert final["state"] == "failed", w.log_tail()
         assert "could not write the report" in final["error"] and "No space left on device" in final["error"]
-        assert count(doomed, "done") == 10  # the clips themselves were recorded: only the report is missing
+        assert count(doomed, "done") == 8  # the clips themselves were recorded: only the report is missing
 
         refused = voicegender(env, "submit", str(healthy), check=False)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
@@ -349,7 +351,7 @@ def api_process(service_env, redis_url, tmp_path) -> Iterator[tuple[str, dict]]:
             return False
 
     try:
-        wait_until(up, timeout_s=60, interval_s=0.2, what="the API to answer")
+        wait_until(up, timeout_s=300, interval_s=0.2, what="the API to answer")
         yield base, env
     finally:
         proc.terminate()
