@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (workers use it too)")
     p.add_argument("--model", type=Path, help="checkpoint (default: VOICEGENDER_MODEL_PATH, the starter model)")
     p.add_argument("--workers", type=int, default=None, help="worker processes for end to end (default: CPU count)")
-    p.add_argument("--scale-clips", type=int, default=1000, help="clips in each of the one- and two-worker jobs")
+    p.add_argument("--scale-clips", type=int, default=3000, help="clips in each of the one- and two-worker jobs (large enough that the one-off finalize is not the figure)")
     p.add_argument("--baseline-clips", type=int, default=100, help="files through the seed-style loop")
     p.add_argument("--limit-seconds", type=float, default=15.0, help="how long the model-limit loop runs")
     p.add_argument("--latency-runs", type=int, default=5, help="10-clip jobs timed (the median is reported)")

@@ -41,7 +41,7 @@ class BenchOptions:
     device: str = "cpu"
     model: Path | None = None  # default: the configured model (VOICEGENDER_MODEL_PATH)
     workers: int = os.cpu_count() or 1  # for end to end and the model limit: one per core, as deployed
-    scale_clips: int = 1000  # the one-vs-two-workers jobs
+    scale_clips: int = 3000  # the one-vs-two-workers jobs
     baseline_clips: int = 100
     feature_clips: int = 256
     limit_seconds: float = 15.0

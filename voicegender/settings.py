@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     broker_url: str | None = None  # default: filesystem broker in data_dir
     result_backend: str | None = None  # tasks keep no results; the job table is the truth
     model_path: Path = STARTER_MODEL
-    batch_windows: int = 64
+    # Windows per forward + GradCAM: 32 holds a worker's activations to ~200 MB (64: ~400 MB) for ~4 % less speed.
+    batch_windows: int = 32
     max_duration_s: float = 1200.0
     torch_threads: int | None = None
     device: str = "cpu"  # where workers run the model: "cpu", "cuda", "cuda:1"
