@@ -18,7 +18,7 @@ from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, ModelBundle, build_model, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.data import BalancedCropSampler, augment_channel
-from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy
+from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.sources import LabelledClip
 from training.splits import Split
 
@@ -102,8 +102,9 @@ def train_split(
             log.info("step %d: loss %.4f, val balanced accuracy %.4f", step + 1, curve[-1]["train_loss"], val["balanced_accuracy"])
     model.eval()
     log_odds, is_female = file_log_odds(bundle, clips, waves, split.val)
-    bundle.calibration, ece = fit_calibration(log_odds, is_female, groups=[clips[i].speaker for i in split.val if waves[i] is not None])
-    metrics = evaluate(bundle, clips, waves, split.val)
+    kept = [i for i in split.val if waves[i] is not None]
+    bundle.calibration, ece = fit_calibration(log_odds, is_female, groups=[clips[i].speaker for i in kept])
+    metrics = metrics_from_log_odds(bundle.calibration, log_odds, clips, kept)
     metrics.update(ece, learning_curve=curve, train_seconds=time.monotonic() - started, crops_seen=cfg.steps * cfg.batch_size)
     return bundle, metrics
 
@@ -146,8 +147,11 @@ def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int]) -> tupl
 def evaluate(bundle: ModelBundle, clips, waves, indices: list[int]) -> dict:
     """File-level metrics overall, per corpus and per speaker."""
     log_odds, _ = file_log_odds(bundle, clips, waves, indices)
-    kept = [i for i in indices if waves[i] is not None]
-    p = bundle.calibration.p_female(torch.from_numpy(log_odds)).numpy()
+    return metrics_from_log_odds(bundle.calibration, log_odds, clips, [i for i in indices if waves[i] is not None])
+
+
+def metrics_from_log_odds(calibration: Calibration, log_odds: np.ndarray, clips, kept: list[int]) -> dict:
+    p = calibration.p_female(torch.from_numpy(log_odds)).numpy()
     y_true = [clips[i].gender for i in kept]
     y_pred = ["female" if q >= 0.5 else "male" for q in p]
     metrics = classification_metrics(y_true, y_pred)
@@ -156,17 +160,21 @@ def evaluate(bundle: ModelBundle, clips, waves, indices: list[int]) -> dict:
         sel = [k for k, i in enumerate(kept) if clips[i].corpus == corpus]
         metrics["per_corpus"][corpus] = classification_metrics([y_true[k] for k in sel], [y_pred[k] for k in sel])
     metrics["per_speaker"] = per_group_accuracy([clips[i].speaker for i in kept], y_true, y_pred)
+    # Clip counts per speaker vary 1..500 here: also score each speaker equally within each gender.
+    by_gender = {g: [v["accuracy"] for v in metrics["per_speaker"].values() if v["gender"] == g] for g in ("female", "male")}
+    metrics["speaker_balanced_accuracy"] = float(np.mean([np.mean(v) for v in by_gender.values() if v]))
     return metrics
 
 
-def fit_platt(log_odds: np.ndarray, is_female: np.ndarray) -> Calibration:
-    """Platt scaling: minimise the logistic loss of ``scale * z + bias`` (stable form, L-BFGS)."""
+def fit_platt(log_odds: np.ndarray, is_female: np.ndarray, weights: np.ndarray | None = None) -> Calibration:
+    """Platt scaling: minimise the (weighted) logistic loss of ``scale * z + bias`` (stable form, L-BFGS)."""
     x, y = np.asarray(log_odds, float), np.asarray(is_female, float)
+    w = np.full(len(x), 1 / len(x)) if weights is None else np.asarray(weights, float) / np.sum(weights)
 
     def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
         s = theta[0] * x + theta[1]
-        loss = np.mean(np.logaddexp(0, s) - y * s)
-        r = (1 / (1 + np.exp(-np.clip(s, -500, 500))) - y) / len(x)
+        loss = np.sum(w * (np.logaddexp(0, s) - y * s))
+        r = w * (1 / (1 + np.exp(-np.clip(s, -500, 500))) - y)
         return float(loss), np.array([np.sum(r * x), np.sum(r)])
 
     res = scipy.optimize.minimize(loss_and_grad, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
@@ -174,21 +182,31 @@ def fit_platt(log_odds: np.ndarray, is_female: np.ndarray) -> Calibration:
 
 
 def fit_calibration(log_odds: np.ndarray, is_female: np.ndarray, *, groups: list[str]) -> tuple[Calibration, dict]:
-    """Calibrate on validation speakers; ECE measured by 2-fold cross-fitting over speakers."""
-    speakers = sorted(set(groups))
+    """Calibrate on validation speakers, each gender weighing half and each speaker equally.
+
+    ECE is measured by 2-fold cross-fitting over speakers (halves stratified by
+    gender), with the same weights, so it is not scored on the data it was fit on.
+    """
+    is_female = np.asarray(is_female, dtype=bool)
+    weights = speaker_balanced_weights(groups, is_female)
+    gender_of = {g: bool(f) for g, f in zip(groups, is_female)}
     rng = np.random.default_rng(0)
-    half = set(rng.permutation(speakers)[: len(speakers) // 2])
+    half: set[str] = set()
+    for female in (True, False):
+        speakers = sorted(g for g, f in gender_of.items() if f == female)
+        half.update(rng.permutation(speakers)[: len(speakers) // 2].tolist())
     fold = np.array([g in half for g in groups])
     p_cross = np.zeros(len(log_odds))
     for part in (True, False):
-        cal = fit_platt(log_odds[fold != part], is_female[fold != part])
+        cal = fit_platt(log_odds[fold != part], is_female[fold != part], weights[fold != part])
         p_cross[fold == part] = cal.p_female(torch.from_numpy(log_odds[fold == part])).numpy()
     raw = 1 / (1 + np.exp(-log_odds))
-    final = fit_platt(log_odds, is_female)
+    final = fit_platt(log_odds, is_female, weights)
     return final, {
         "calibration": asdict(final),
-        "ece_uncalibrated": expected_calibration_error(raw, is_female),
-        "ece_calibrated_crossfit": expected_calibration_error(p_cross, is_female),
+        "calibration_weighting": "speaker-balanced: each gender half, each speaker equal within it",
+        "ece_uncalibrated": expected_calibration_error(raw, is_female, weights=weights),
+        "ece_calibrated_crossfit": expected_calibration_error(p_cross, is_female, weights=weights),
     }
 
 

@@ -1,7 +1,7 @@
 """Evaluation metrics: error rate, balanced accuracy, confusion matrix, F1, per speaker."""
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -56,9 +56,11 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "values": arr.tolist()}
 
 
-def expected_calibration_error(p_female: np.ndarray, is_female: np.ndarray, *, n_bins: int = 10) -> float:
-    """ECE of the predicted class's probability, equal-width confidence bins."""
+def expected_calibration_error(p_female: np.ndarray, is_female: np.ndarray, *, n_bins: int = 10, weights: np.ndarray | None = None) -> float:
+    """ECE of the predicted class's probability, equal-width confidence bins (optionally weighted clips)."""
     p_female = np.asarray(p_female, dtype=float)
+    w = np.ones_like(p_female) if weights is None else np.asarray(weights, dtype=float)
+    w = w / w.sum()
     pred_female = p_female >= 0.5
     conf = np.where(pred_female, p_female, 1 - p_female)
     correct = pred_female == np.asarray(is_female, dtype=bool)
@@ -67,5 +69,19 @@ def expected_calibration_error(p_female: np.ndarray, is_female: np.ndarray, *, n
     for lo, hi in zip(edges[:-1], edges[1:]):
         in_bin = (conf >= lo) & ((conf < hi) | (hi == 1.0))
         if in_bin.any():
-            ece += in_bin.mean() * abs(conf[in_bin].mean() - correct[in_bin].mean())
+            wb = w[in_bin]
+            ece += wb.sum() * abs(np.average(conf[in_bin], weights=wb) - np.average(correct[in_bin], weights=wb))
     return float(ece)
+
+
+def speaker_balanced_weights(speakers: list[str], is_female: np.ndarray) -> np.ndarray:
+    """Clip weights under which each gender weighs half and each speaker equally within it.
+
+    A validation set is counted in clips, and one corpus can hand it 500 clips of a
+    single voice; fitting or scoring unweighted would tune the model to that voice.
+    """
+    is_female = np.asarray(is_female, dtype=bool)
+    clips_of = Counter(speakers)
+    speakers_of = Counter(f for _, f in {(s, bool(f)) for s, f in zip(speakers, is_female)})
+    w = np.array([1.0 / (clips_of[s] * speakers_of[bool(f)]) for s, f in zip(speakers, is_female)])
+    return w / w.sum()

@@ -150,3 +150,24 @@ def test_schedule_warms_up_then_decays():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(55, cfg) == pytest.approx(0.5) and lr_at(100, cfg) == pytest.approx(0.0)
+
+
+def test_speaker_balanced_calibration_is_not_pulled_by_one_loud_speaker():
+    from training.loop import fit_calibration
+    from training.metrics import speaker_balanced_weights
+
+    rng = np.random.default_rng(0)
+    # 20 female and 20 male speakers with 5 clips each, separable around 0, plus one
+    # male speaker with 500 clips that all look female (log-odds +2).
+    speakers = [f"f{k}" for k in range(20) for _ in range(5)] + [f"m{k}" for k in range(20) for _ in range(5)] + ["loud"] * 500
+    is_female = np.array([True] * 100 + [False] * 600)
+    z = np.concatenate([rng.normal(3, 1, 100), rng.normal(-3, 1, 100), np.full(500, 2.0)])
+    w = speaker_balanced_weights(speakers, is_female)
+    assert w.sum() == pytest.approx(1) and w[is_female].sum() == pytest.approx(0.5)
+    assert w[-1] == pytest.approx(0.5 / 21 / 500)  # one of 21 male speakers, spread over its 500 clips
+    balanced, info = fit_calibration(z, is_female, groups=speakers)
+    unweighted = fit_platt(z, is_female)
+    # Unweighted, the loud speaker drags the boundary past +2, so typical female clips near +2.2 flip to male.
+    assert float(unweighted.p_female(torch.tensor(2.2))) < 0.5
+    assert float(balanced.p_female(torch.tensor(2.2))) > 0.5
+    assert 0 <= info["ece_calibrated_crossfit"] <= 1
