@@ -132,6 +132,7 @@ def _train_config(settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
         "steps": settings.retrain_steps, "batch_size": settings.retrain_batch_size, "eval_every": settings.retrain_eval_every,
         "lr": settings.retrain_lr, "augment": settings.retrain_augment, **overrides,
     }
+    # A short run warms up over a tenth of its steps; a full one over the usual 200.
     return TrainConfig(seed=settings.retrain_seed, warmup_steps=min(200, max(1, values["steps"] // 10)), **values)
 
 
@@ -200,10 +201,11 @@ def _compare(candidate: Candidate, active: _Active, active_metrics: dict, margin
 def _settle(rt: Runtime, run_id: int, candidate: Candidate, comparison: Comparison, report_path: Path, cfg: TrainConfig) -> None:
     """Report first, then the promotion and the run's end in one transaction."""
     write_training_report(report_path, retrain_report_data(candidate, comparison, cfg))
-    values = lambda: dict(  # noqa: E731
-        decision=comparison.decision, reason=comparison.reason, comparison=comparison.as_dict(),
-        candidate_version=candidate.bundle.version, report_path=str(report_path),
-    )
+
+    def values() -> dict[str, Any]:  # read again after a refusal changed the comparison
+        return dict(decision=comparison.decision, reason=comparison.reason, comparison=comparison.as_dict(),
+                    candidate_version=candidate.bundle.version, report_path=str(report_path))
+
     with rt.sessions() as s:
         if comparison.decision == "promoted":
             try:
