@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=2, help="recordings per job (1 s each, 16 kHz)")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the configured starter model)")
+    p.add_argument("--tiny-model", action="store_true",
+                   help="an untrained ResNet-34 on 8 kHz log-mel (as the tests use): measures the service, not the model")
     p.add_argument("--p95-ms", type=float, default=50.0, help="GET /jobs/{id} p95 target")
     p.add_argument("--timeout-s", type=float, default=1800.0)
     return p.parse_args(argv)
@@ -100,7 +102,9 @@ def start_stack(tmp: Path, args: argparse.Namespace) -> Iterator[Stack]:
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", VOICEGENDER_DATA_DIR=str(tmp / "data"),
                VOICEGENDER_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0", VOICEGENDER_API_TOKEN=token,
                VOICEGENDER_TORCH_THREADS="1")
-    if args.model:
+    if args.tiny_model:
+        env["VOICEGENDER_MODEL_PATH"] = str(write_tiny_model(tmp / "tiny.pt"))
+    elif args.model:
         env["VOICEGENDER_MODEL_PATH"] = str(args.model.resolve())
     vg = [sys.executable, "-m", "voicegender"]
     with ExitStack() as stack:
@@ -115,6 +119,18 @@ def start_stack(tmp: Path, args: argparse.Namespace) -> Iterator[Stack]:
         wait_for("the API", lambda: _health(base) is not None, [redis, api])
         wait_for(f"{args.workers} workers", lambda: (_health(base) or {}).get("workers", 0) >= args.workers, [api, *workers])
         yield Stack(base_url=base, token=token, data_dir=tmp / "data")
+
+
+def write_tiny_model(path: Path) -> Path:
+    import torch
+
+    from classifier.features import logmel_config
+    from classifier.model import GenderResNet, ModelBundle, save_checkpoint
+
+    torch.manual_seed(0)
+    config = logmel_config(sample_rate=8000, n_mels=32)
+    save_checkpoint(ModelBundle(model=GenderResNet(config.n_bins), features=config, version="load-tiny"), path)
+    return path
 
 
 def _health(base: str) -> dict | None:
@@ -211,7 +227,8 @@ def percentile(values: list[float], q: float) -> float:
 def print_figures(args: argparse.Namespace, t: Timings, wall_s: float, problems: list[str]) -> bool:
     n_jobs, n_clips = len(t.job_ids), len(t.job_ids) * args.clips
     p95 = percentile(t.get_ms, 95)
-    print(f"loadtest: {args.clients} clients x {args.jobs} jobs x {args.clips} clips, {args.workers} workers, one Redis")
+    model = "tiny untrained model" if args.tiny_model else f"model {args.model or 'configured default'}"
+    print(f"loadtest: {args.clients} clients x {args.jobs} jobs x {args.clips} clips, {args.workers} workers, one Redis, {model}")
     print(f"  jobs submitted {n_jobs}, clips {n_clips}, wall {wall_s:.1f} s, {n_clips / wall_s:.1f} clips/s end to end")
     print(f"  POST /jobs  n={len(t.submit_ms)}  p50 {percentile(t.submit_ms, 50):.1f} ms  p95 {percentile(t.submit_ms, 95):.1f} ms")
     print(f"  GET /jobs/{{id}}  n={len(t.get_ms)}  p50 {percentile(t.get_ms, 50):.1f} ms  p95 {p95:.1f} ms  "
