@@ -25,11 +25,28 @@ from sqlalchemy import create_engine, text
 from classifier.synthetic import write_labelled_folder
 
 from .conftest import REPO, free_port, wait_until
-from .test_service import FINAL_STATES, assert_every_clip_once, submit, wait_for_final_row, write_long_clips
+from .test_service import FINAL_STATES, assert_every_clip_once, wait_for_final_row, write_long_clips
 
 pytestmark = pytest.mark.slow
 # Finalizing renders the report with model evidence; on a busy 2-core machine that alone can take minutes.
 FINISH_S = 600
+
+
+def submit(_voicegender, env: dict[str, str], folder: Path) -> dict:
+    """What ``voicegender submit`` does, in this process: on a busy machine a fresh interpreter
+    (torch imported again) can take minutes to start, and the faults here are in the service."""
+    from db import jobs as repo
+    from voicegender.bootstrap import build_services
+    from voicegender.settings import Settings
+    from worker.submit import submit_folder
+
+    settings = Settings(**{k.removeprefix("VOICEGENDER_").lower(): v for k, v in env.items() if k.startswith("VOICEGENDER_")})
+    services = build_services(settings)
+    job, _ = submit_folder(settings, services.sessions, services.app, folder.resolve())
+    with services.sessions() as s:
+        status = repo.job_status(s, job.id)
+    services.app.close()
+    return status
 
 
 # --- a Redis we may kill and start again --------------------------------------------------------
