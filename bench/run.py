@@ -144,15 +144,15 @@ def summarise(opts, settings, bundle, feats, baseline, limit, service) -> dict:
     """The issue's keys first, then the conditions that produced them under ``details``."""
     e2e, limit_cps, base_cps = service["end_to_end_cps"], limit["cps"], baseline["cps"]
     return {
-        "model_limit_cps": round(limit_cps, 1),
-        "end_to_end_cps": round(e2e, 1),
-        "baseline_cps": round(base_cps, 2),
-        "e2e_over_limit": round(e2e / limit_cps, 3),
-        "e2e_over_baseline": round(e2e / base_cps, 1),
-        "features_speedup": round(feats["seed_mfcc"]["speedup"], 1),
-        "two_over_one_worker": round(service["scale_2_cps"] / service["scale_1_cps"], 2),
-        "small_job_latency_s": round(statistics.median(service["latency_s"]), 3),
-        "worker_peak_rss_mb": None if service["worker_peak_rss_mb"] is None else round(service["worker_peak_rss_mb"], 1),
+        "model_limit_cps": _sig(limit_cps),
+        "end_to_end_cps": _sig(e2e),
+        "baseline_cps": _sig(base_cps),
+        "e2e_over_limit": _sig(e2e / limit_cps),
+        "e2e_over_baseline": _sig(e2e / base_cps),
+        "features_speedup": _sig(feats["seed_mfcc"]["speedup"]),
+        "two_over_one_worker": _sig(service["scale_2_cps"] / service["scale_1_cps"]),
+        "small_job_latency_s": _sig(statistics.median(service["latency_s"])),
+        "worker_peak_rss_mb": None if service["worker_peak_rss_mb"] is None else _sig(service["worker_peak_rss_mb"]),
         "details": {
             "clips": opts.clips,
             "scale_clips": opts.scale_clips_used,
@@ -163,20 +163,25 @@ def summarise(opts, settings, bundle, feats, baseline, limit, service) -> dict:
             "chunk_size": settings.chunk_size,
             "model": f"{bundle.version} ({bundle.features.kind}, {bundle.features.n_bins}x{bundle.features.n_frames}, GradCAM at {bundle.gradcam_layer})",
             "model_limit_per_process_cps": limit["per_process_cps"],
-            "one_worker_cps": round(service["scale_1_cps"], 1),
-            "two_workers_cps": round(service["scale_2_cps"], 1),
-            "end_to_end_s": round(service["end_to_end_s"], 2),
-            "worker_peak_private_mb": round(service["worker_peak_anon_mb"], 1),
-            "latency_runs_s": [round(t, 3) for t in service["latency_s"]],
-            "latency_finalize_task_s": [round(t, 3) for t in service["finalize_s"]],
+            "one_worker_cps": _sig(service["scale_1_cps"]),
+            "two_workers_cps": _sig(service["scale_2_cps"]),
+            "end_to_end_s": _sig(service["end_to_end_s"]),
+            "worker_peak_private_mb": _sig(service["worker_peak_anon_mb"]),
+            "latency_runs_s": [_sig(t) for t in service["latency_s"]],
+            "latency_finalize_task_s": [_sig(t) for t in service["finalize_s"]],
             "baseline_threads": baseline["threads"],
-            "features_seed_mfcc_cps": {k: round(feats["seed_mfcc"][k], 1) for k in ("batched_cps", "librosa_cps")},
-            "features_production_speedup": round(feats["production"]["speedup"], 1),
+            "features_seed_mfcc_cps": {k: _sig(feats["seed_mfcc"][k]) for k in ("batched_cps", "librosa_cps")},
+            "features_production_speedup": _sig(feats["production"]["speedup"]),
             "cpu": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "load_average_at_end": [_sig(x) for x in os.getloadavg()],
             "torch": torch.__version__,
         },
     }
+
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant figures: tiny smoke-run rates keep their ratios."""
+    return float(f"{x:.{digits}g}")
 
 
 def _say(text: str) -> None:
