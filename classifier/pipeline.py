@@ -97,9 +97,11 @@ class Classifier:
         explain: bool = True,
         bf16: bool = False,
         device: str | torch.device = "cpu",
+        max_duration_s: float = 1200.0,
     ):
         self.bundle = bundle
         self.batch_windows = batch_windows
+        self.max_duration_s = max_duration_s
         self.explain = explain
         self.bf16 = bf16
         self.device = torch.device(device)
@@ -127,7 +129,7 @@ class Classifier:
 
     def _prepare_or_error(self, path: str | os.PathLike) -> PreparedClip | ClipResult:
         try:
-            return prepare_file(path, self.bundle)
+            return prepare_file(path, self.bundle, max_duration_s=self.max_duration_s)
         except InvalidAudio as exc:
             return ClipResult(path=str(path), error=str(exc), error_reason=exc.reason)
 

@@ -9,6 +9,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from classifier.errors import InvalidCheckpoint, InvalidDataset
 from voicegender.service_cli import JobNotFound, add_service_commands
 from voicegender.settings import Settings
@@ -60,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations at start-up are routine
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # One line per refused setting, never its value (a token or a password may be the value).
+        for err in exc.errors():
+            name = "VOICEGENDER_" + "_".join(str(x) for x in err["loc"]).upper() if err["loc"] else "settings"
+            print(f"voicegender: error: {name}: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
     _limit_threads(settings)
     try:
         return args.func(args, settings)
@@ -88,7 +97,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"no such file or folder: {missing[0]}")
-    clf = Classifier(bundle, batch_windows=settings.batch_windows, explain=False)
+    clf = Classifier(bundle, batch_windows=settings.batch_windows, explain=False, max_duration_s=settings.max_duration_s)
     with tqdm(total=len(paths), unit="file", file=sys.stderr, disable=len(paths) < 20 or None) as bar:
         results = clf.classify_files(paths, min_confidence=args.min_confidence, on_done=lambda r: bar.update(1))
     rows = [_classify_row(r) for r in results]

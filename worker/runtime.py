@@ -63,7 +63,7 @@ class Runtime:
             if self._classifier is None or self._classifier.bundle is not bundle:
                 device = self.settings.device
                 bf16 = use_bf16(self.settings.precision, device)
-                self._classifier = Classifier(bundle, batch_windows=self.settings.batch_windows, explain=True, bf16=bf16, device=device)
+                self._classifier = Classifier(bundle, batch_windows=self.settings.batch_windows, explain=True, bf16=bf16, device=device, max_duration_s=self.settings.max_duration_s)
             return self._classifier
 
     def warm_up(self) -> None:

@@ -202,8 +202,8 @@ def test_the_api_command_will_not_start_in_production_without_a_token(tmp_path):
                VOICEGENDER_DATABASE_URL="postgresql+psycopg://vg:db-pw-31337@127.0.0.1:1/vg")
     proc = subprocess.run([sys.executable, "-m", "voicegender", "api", "--port", "1"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "VOICEGENDER_API_TOKEN must be set to a real secret" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["voicegender: error: settings: VOICEGENDER_API_TOKEN must be set to a real secret when VOICEGENDER_MODE=production"]
     assert "db-pw-31337" not in proc.stderr + proc.stdout and "changeme" not in proc.stderr + proc.stdout
 
 

@@ -77,3 +77,12 @@ def test_batching_does_not_change_results(bundle):
     big = Classifier(bundle, batch_windows=64, explain=False).classify_prepared(clips)
     small = Classifier(bundle, batch_windows=2, explain=False).classify_prepared(clips)
     assert [r.log_odds for r in big] == pytest.approx([r.log_odds for r in small], abs=1e-4)
+
+
+def test_duration_limit_is_the_classifiers_own(bundle, tmp_path):
+    # The service's VOICEGENDER_MAX_DURATION_S reaches the loader through the classifier.
+    path = tmp_path / "long.wav"
+    sf.write(path, _tone(3.0), SR)
+    strict = Classifier(bundle, explain=False, max_duration_s=2.0).classify_files([path])[0]
+    assert strict.error_reason == "too_long" and strict.prediction is None
+    assert Classifier(bundle, explain=False).classify_files([path])[0].error is None
