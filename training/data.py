@@ -65,11 +65,31 @@ class BalancedCropSampler:
     of their speaker count (so a corpus of 400 readers does not drown one of
     12 actors); then a speaker uniformly, a clip uniformly, a crop that holds
     sound. Clip counts per speaker never matter.
+
+    With probability ``short_prob`` a crop is instead a short excerpt
+    (``short_s`` seconds as a fraction of the window, faded at both ends) set
+    in silence, as ``split_windows`` pads a short clip at inference. Without
+    it the only short padded examples are a few digit and prompt voices, and
+    their corpus, not the voice, decides the answer on other short clips.
     """
 
-    def __init__(self, clips: list[LabelledClip], waves: list[np.ndarray | None], indices: list[int], *, window: int, seed: int):
+    def __init__(
+        self,
+        clips: list[LabelledClip],
+        waves: list[np.ndarray | None],
+        indices: list[int],
+        *,
+        window: int,
+        seed: int,
+        short_prob: float = 0.0,
+        short_fraction: tuple[float, float] = (0.25, 0.8),
+    ):
+        if not 0.0 <= short_prob <= 1.0:
+            raise ValueError(f"short_prob must be in [0, 1], got {short_prob}")
         self.waves = waves
         self.window = window
+        self.short_prob = short_prob
+        self.short_fraction = short_fraction
         self.rng = np.random.default_rng(seed)
         tree: dict[str, dict[str, dict[str, list[int]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         for i in indices:
@@ -97,7 +117,8 @@ class BalancedCropSampler:
             corpus = corpora[self.rng.choice(len(corpora), p=self.corpus_weights[gender])]
             speakers = sorted(self.tree[gender][corpus])
             clip_ids = self.tree[gender][corpus][speakers[self.rng.integers(len(speakers))]]
-            crops[k] = self._crop(self.waves[clip_ids[self.rng.integers(len(clip_ids))]])
+            y = self.waves[clip_ids[self.rng.integers(len(clip_ids))]]
+            crops[k] = self._short_crop(y) if self.rng.random() < self.short_prob else self._crop(y)
             labels[k] = 0 if gender == "female" else 1
         return crops, labels
 
@@ -116,6 +137,26 @@ class BalancedCropSampler:
             if rms > best_rms:
                 best, best_rms = crop, rms
         return best.astype(np.float32)
+
+
+    def _short_crop(self, y: np.ndarray) -> np.ndarray:
+        """The loudest of a few short excerpts, faded in and out, at a random place in silence."""
+        lo, hi = self.short_fraction
+        n = max(16, int(self.window * self.rng.uniform(lo, hi)))
+        if len(y) > n:
+            starts = self.rng.integers(len(y) - n + 1, size=4)
+            energy = [float(np.mean(np.square(y[s : s + n], dtype=np.float64))) for s in starts]
+            y = y[int(starts[int(np.argmax(energy))]) :][:n]
+        piece = y.astype(np.float32)  # a copy: the fade must not touch the cached waveform
+        fade = min(len(piece) // 4, self.window // 50)  # 20 ms at most: no click, no lost syllable
+        if fade > 0:
+            ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+            piece[:fade] *= ramp
+            piece[-fade:] *= ramp[::-1]
+        out = np.zeros(self.window, dtype=np.float32)
+        start = self.rng.integers(self.window - len(piece) + 1)
+        out[start : start + len(piece)] = piece
+        return out
 
 
 def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator) -> torch.Tensor:

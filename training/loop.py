@@ -34,6 +34,7 @@ class TrainConfig:
     warmup_steps: int = 200
     label_smoothing: float = 0.05
     augment: bool = True
+    short_crop_prob: float = 0.25  # share of crops that are short excerpts padded with silence (see BalancedCropSampler)
     bf16: bool = True
     eval_every: int = 500
     seed: int = 0
@@ -80,7 +81,7 @@ def train_split(
     """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed)
+    sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0)
     model = build_model(features.n_bins)
     model.set_standardization(*measure_standardization(sampler, features))
     model = model.to(memory_format=torch.channels_last).train()

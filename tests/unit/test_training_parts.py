@@ -139,6 +139,24 @@ def test_sampler_balances_gender_not_clips():
     assert abs(labels.mean() - 0.5) < 0.03
 
 
+def test_short_crops_are_short_excerpts_set_in_silence():
+    clips = _clips(2, per_speaker=1)
+    waves = [np.full(24000, 0.5, np.float32) for _ in clips]  # 3 s of constant sound
+    sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=8000, seed=0, short_prob=1.0)
+    crops, _ = sampler.draw(200)
+    lengths = (crops != 0).sum(axis=1)
+    assert lengths.min() >= 0.25 * 8000 - 2 and lengths.max() <= 0.8 * 8000
+    assert len(set(lengths.tolist())) > 50  # lengths vary
+    starts = (crops != 0).argmax(axis=1)
+    assert len(set(starts.tolist())) > 50  # and so do places
+    assert np.all(crops <= 0.5) and np.any(crops[crops > 0] < 0.5)  # faded ends, nothing louder than the source
+    assert all(np.all(w == 0.5) for w in waves)  # the cached waveforms are untouched
+    plain = BalancedCropSampler(clips, waves, list(range(len(clips))), window=8000, seed=0).draw(50)[0]
+    assert np.all(plain == 0.5)  # short_prob 0: full-length crops only
+    with pytest.raises(ValueError, match="short_prob"):
+        BalancedCropSampler(clips, waves, [0], window=8000, seed=0, short_prob=1.5)
+
+
 def test_augmentation_keeps_shape_and_is_seeded():
     y = torch.randn(8, 8000)
     a = augment_channel(y, sr=8000, generator=torch.Generator().manual_seed(0))
