@@ -85,18 +85,22 @@ def deletion_check(
         raise ValueError("no windows to check")
     rng = np.random.default_rng(seed)
     n, n_bins = profiles.shape
-    base = predict(features)
+    # Every masked copy goes to ``predict`` in one call (the caller batches it):
+    # per k, the top bands, then ``n_random`` random draws.
+    masks = []
+    for k in ks:
+        masks.append(top_bands(profiles, k))
+        masks.extend(np.stack([rng.choice(n_bins, size=k, replace=False) for _ in range(n)]) for _ in range(n_random))
+    probs = predict(torch.cat([features] + [mask_bands(features, bands, fill) for bands in masks]))
+    base = probs[:n]
     target = base.argmax(dim=1, keepdim=True)  # (N, 1)
     p0 = base.gather(1, target)[:, 0].numpy()
-
-    def drop(bands: np.ndarray) -> np.ndarray:
-        return p0 - predict(mask_bands(features, bands, fill)).gather(1, target)[:, 0].numpy()
+    drops = [p0 - probs[n * (j + 1) : n * (j + 2)].gather(1, target)[:, 0].numpy() for j in range(len(masks))]
 
     top, rand, diff, se = [], [], [], []
-    for k in ks:
-        d_top = drop(top_bands(profiles, k))
-        draws = [np.stack([rng.choice(n_bins, size=k, replace=False) for _ in range(n)]) for _ in range(n_random)]
-        d_rand = np.mean([drop(b) for b in draws], axis=0)
+    for i in range(len(ks)):
+        d_top = drops[i * (1 + n_random)]
+        d_rand = np.mean(drops[i * (1 + n_random) + 1 : (i + 1) * (1 + n_random)], axis=0)
         top.append(float(d_top.mean()))
         rand.append(float(d_rand.mean()))
         diff.append(float((d_top - d_rand).mean()))

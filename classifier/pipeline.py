@@ -162,6 +162,16 @@ class Classifier:
                 cams.append(cam.cpu().numpy())
         return np.concatenate(log_odds), (np.concatenate(cams) if cams else None)
 
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 2) on the CPU for features (B, F, T), in batches, without GradCAM."""
+        model = self.bundle.model
+        out = []
+        for batch in _groups(feats, self.batch_windows):
+            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                out.append(model(batch.to(self.device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.bundle.class_names))
+
     def forward_features(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, 2) and, when explaining, GradCAM maps (B, F, T) for features (B, F, T).
 

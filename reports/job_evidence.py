@@ -4,7 +4,9 @@
 - a few clips explained again (most and least confident, misclassified), each with
   its first voting window's features, GradCAM map and a short audio excerpt;
 - the deletion check (:mod:`classifier.faithfulness`) on a bounded sample of clips.
-Bad files are skipped here: their reason is already in the table.
+Bad files are skipped here: their reason is already in the table. The model runs
+through the worker's :class:`Classifier`, so with its device and precision: the
+deletion check is most of finalize's cost (15 masked copies of each window).
 """
 from __future__ import annotations
 
@@ -24,9 +26,8 @@ from classifier.audio import load_audio
 from classifier.errors import InvalidAudio
 from classifier.faithfulness import DeletionResult, band_counts, deletion_check
 from classifier.features import compute_features
-from classifier.gradcam import GradCAM
 from classifier.model import ModelBundle
-from classifier.pipeline import prepare_waveform
+from classifier.pipeline import Classifier, prepare_waveform
 from reports.attention import ClassMaps, read_job_cams
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ AUDIO_MAX_S = 4.0  # excerpt length embedded per example: keeps the report small
 AUDIO_MAX_SR = 8000  # enough for pitch and the first formants
 FAITHFULNESS_CLIPS = 12
 FAITHFULNESS_WINDOWS_PER_CLIP = 2
+# Below this many classified files the check's standard errors are too wide to
+# read, and it would be most of a small job's time (15 masked copies per window).
+FAITHFULNESS_MIN_CLIPS = 20
 
 
 @dataclass
@@ -56,19 +60,31 @@ class JobEvidence:
     examples: list[ClipExample] = field(default_factory=list)
     faithfulness: DeletionResult | None = None
     faithfulness_clips: int = 0
+    faithfulness_note: str | None = None  # why the check was not run
 
 
-def collect_evidence(bundle: ModelBundle, input_dir: Path, cams_dir: Path, clips: list[dict[str, Any]]) -> JobEvidence:
-    """Everything model-derived the report shows; the clips are the report's row dicts."""
+def collect_evidence(
+    clf: Classifier, input_dir: Path, cams_dir: Path, clips: list[dict[str, Any]], *, min_faithfulness_clips: int = FAITHFULNESS_MIN_CLIPS
+) -> JobEvidence:
+    """Everything model-derived the report shows; the clips are the report's row dicts.
+
+    ``clf`` must explain (``explain=True``): the examples' maps are GradCAM's.
+    """
+    if not clf.explain:
+        raise ValueError("collect_evidence needs a classifier made with explain=True")
+    bundle = clf.bundle
     evidence = JobEvidence(class_maps=read_job_cams(cams_dir, bundle.class_names))
-    for kind, clip in pick_examples(clips):
-        example = explain_example(bundle, input_dir / clip["path"], kind=kind, clip=clip)
-        if example is not None:
-            evidence.examples.append(example)
+    evidence.examples = explain_examples(clf, input_dir, pick_examples(clips))
+    classified = sum(c.get("p_female") is not None for c in clips)
+    if classified < min_faithfulness_clips:
+        evidence.faithfulness_note = (
+            f"Not run: the deletion check needs at least {min_faithfulness_clips} classified files to be readable; this job has {classified}."
+        )
+        return evidence
     sample = faithfulness_sample(clips)
     windows = [w for c in sample for w in _voting_windows(bundle, input_dir / c["path"])[:FAITHFULNESS_WINDOWS_PER_CLIP]]
     if windows:
-        evidence.faithfulness = check_faithfulness(bundle, np.stack(windows))
+        evidence.faithfulness = check_faithfulness(clf, np.stack(windows))
         evidence.faithfulness_clips = len(sample)
     return evidence
 
@@ -109,23 +125,34 @@ def _voting_windows(bundle: ModelBundle, path: Path) -> np.ndarray:
     return prepare_waveform(str(path), rec.y, bundle).windows
 
 
-def explain_example(bundle: ModelBundle, path: Path, *, kind: str, clip: dict[str, Any]) -> ClipExample | None:
-    """The clip's first voting window with its GradCAM map, and an audio excerpt; None if unreadable."""
-    try:
-        rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft)
-    except InvalidAudio as exc:
-        log.info("evidence: %s skipped: %s", path, exc)
-        return None
-    windows = prepare_waveform(str(path), rec.y, bundle).windows
-    if len(windows) == 0:
-        return None
-    feats = compute_features(torch.from_numpy(np.asarray(windows[:1], dtype=np.float32)), bundle.features)  # (1, F, T)
-    with GradCAM(bundle.model, bundle.gradcam_layer) as gradcam:
-        result = gradcam.explain(feats)
-    p_female = float(bundle.calibration.p_female(result.logits[0, 0] - result.logits[0, 1]))
-    uri, seconds = audio_data_uri(rec.y, rec.sr)
-    return ClipExample(kind=kind, clip=clip, features=feats[0].numpy(), cam=result.cam[0].numpy(),
-                       window_p_female=p_female, audio_uri=uri, audio_s=seconds)
+def explain_examples(clf: Classifier, input_dir: Path, picked: list[tuple[str, dict[str, Any]]]) -> list[ClipExample]:
+    """Each picked clip's first voting window with its GradCAM map (one batch for all), and an audio excerpt.
+
+    Clips that can no longer be read are left out.
+    """
+    bundle = clf.bundle
+    found = []
+    for kind, clip in picked:
+        path = input_dir / clip["path"]
+        try:
+            rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft)
+        except InvalidAudio as exc:
+            log.info("evidence: %s skipped: %s", path, exc)
+            continue
+        windows = prepare_waveform(str(path), rec.y, bundle).windows
+        if len(windows):
+            found.append((kind, clip, rec, windows[0]))
+    if not found:
+        return []
+    feats = compute_features(torch.from_numpy(np.stack([w for *_, w in found]).astype(np.float32)), bundle.features)  # (N, F, T)
+    logits, cams = clf.forward_features(feats.to(clf.device))
+    p_female = bundle.calibration.p_female((logits[:, 0] - logits[:, 1]).float().cpu())
+    examples = []
+    for k, (kind, clip, rec, _) in enumerate(found):
+        uri, seconds = audio_data_uri(rec.y, rec.sr)
+        examples.append(ClipExample(kind=kind, clip=clip, features=feats[k].numpy(), cam=cams[k].float().cpu().numpy(),
+                                    window_p_female=float(p_female[k]), audio_uri=uri, audio_s=seconds))
+    return examples
 
 
 def audio_data_uri(y: np.ndarray, sr: int, *, max_s: float = AUDIO_MAX_S, max_sr: int = AUDIO_MAX_SR) -> tuple[str, float]:
@@ -138,17 +165,16 @@ def audio_data_uri(y: np.ndarray, sr: int, *, max_s: float = AUDIO_MAX_S, max_sr
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), len(y) / sr
 
 
-def check_faithfulness(bundle: ModelBundle, windows: np.ndarray, *, n_random: int = 4) -> DeletionResult:
+def check_faithfulness(clf: Classifier, windows: np.ndarray, *, n_random: int = 4) -> DeletionResult:
     """Deletion check on raw windows (N, n): GradCAM profiles per window, masked bands set to the training mean."""
+    bundle = clf.bundle
     feats = compute_features(torch.from_numpy(np.asarray(windows, dtype=np.float32)), bundle.features)  # (N, F, T)
-    with GradCAM(bundle.model, bundle.gradcam_layer) as gradcam:
-        profiles = gradcam.explain(feats).profile.numpy()  # (N, F)
-    model = bundle.model
+    _, cams = clf.score_windows(np.asarray(windows, dtype=np.float32))
+    profiles = cams.mean(axis=-1)  # (N, F)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.softmax(model(x).float(), dim=1)
+        return torch.softmax(clf.logits(x), dim=1)
 
     # The per-bin training mean: after the model's standardisation a masked band reads exactly 0.
-    fill = model.feature_mean.reshape(-1)
+    fill = bundle.model.feature_mean.reshape(-1).cpu()
     return deletion_check(predict, feats, profiles, fill=fill, ks=band_counts(feats.shape[1]), n_random=n_random)

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from classifier.pipeline import ClipResult
+from classifier.pipeline import Classifier, ClipResult
 from db import jobs as repo
 from db.schema import Job, utcnow
 from classifier.features import feature_axis
-from classifier.model import ModelBundle
 from db.schema import Clip
 from reports.attention import write_chunk_cams
 from reports.job_evidence import JobEvidence, collect_evidence
@@ -98,7 +97,7 @@ def finalize(rt: Runtime, job_id: str) -> str | None:
             return None if job is None else job.state
         report_path = rt.settings.jobs_dir / job_id / "report.html"
         try:
-            write_job_report(report_path, report_data(s, job, rt.model()))
+            write_job_report(report_path, report_data(s, job, rt.classifier()))
             job = repo.finalize_job_row(s, job_id, report_path=str(report_path))
         except OSError as exc:
             s.rollback()
@@ -123,8 +122,9 @@ def sweep(rt: Runtime, enqueue: Enqueue, finalize_later: Callable[[str], None]) 
     return len(stale)
 
 
-def report_data(s: Session, job: Job, bundle: ModelBundle) -> JobReportData:
+def report_data(s: Session, job: Job, clf: Classifier) -> JobReportData:
     """Plain values for the report, read from the job table, plus what the model shows at finalize."""
+    bundle = clf.bundle
     axis, label = feature_axis(bundle.features)
     keys = ("path", "label", "speaker", "prediction", "p_female", "duration_s", "windows", "error", "error_reason", "attention", "processing_ms")
     clips = [{k: getattr(c, k) for k in keys} for c in s.scalars(select(Clip).where(Clip.job_id == job.id).order_by(Clip.position))]
@@ -144,7 +144,7 @@ def report_data(s: Session, job: Job, bundle: ModelBundle) -> JobReportData:
         feature_kind=bundle.features.kind,
         gradcam_layer=bundle.gradcam_layer,
         window_s=bundle.features.window_s,
-        evidence=_evidence(bundle, job, clips),
+        evidence=_evidence(clf, job, clips),
     )
 
 
@@ -155,10 +155,10 @@ def _final_state(job: Job, clips: list[dict]) -> str:
     return "done_with_errors" if any(c["error"] for c in clips) else "done"
 
 
-def _evidence(bundle: ModelBundle, job: Job, clips: list[dict]) -> JobEvidence:
+def _evidence(clf: Classifier, job: Job, clips: list[dict]) -> JobEvidence:
     """Mean maps, explained examples and the deletion check; a failure here costs those sections, not the report."""
     try:
-        return collect_evidence(bundle, Path(job.input_dir), Path(job.input_dir).parent / "cams", clips)
+        return collect_evidence(clf, Path(job.input_dir), Path(job.input_dir).parent / "cams", clips)
     except (OSError, RuntimeError, ValueError):
         log.exception("job %s: report evidence failed; the report goes without it", job.id)
         return JobEvidence()

@@ -223,7 +223,7 @@ def finished_jobs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
     from db.session import create_db_engine, make_session_factory
 
     root = tmp_path_factory.mktemp("report-jobs")
-    labelled = write_labelled_folder(root / "labelled", n_clips=10, sr=16000, seed=21)
+    labelled = write_labelled_folder(root / "labelled", n_clips=20, sr=16000, seed=21)  # 20: enough for the deletion check
     first = sorted(labelled.glob("*.wav"))[0]
     (labelled / EVIL_NAME).parent.mkdir()
     shutil.copy(first, labelled / EVIL_NAME)
@@ -283,10 +283,10 @@ def test_labelled_report_renders_offline_with_numbers_from_the_results(browser: 
         "Object.fromEntries(Array.from(document.querySelectorAll('#confusion td[data-true]'))"
         ".map(td => [td.dataset.true + '/' + td.dataset.pred, Number(td.textContent)]))"
     )
-    assert shown_cm == expected_cm and sum(expected_cm.values()) == 10
-    accuracy = (expected_cm["female/female"] + expected_cm["male/male"]) / 10
+    assert shown_cm == expected_cm and sum(expected_cm.values()) == 20
+    accuracy = (expected_cm["female/female"] + expected_cm["male/male"]) / 20
     assert browser.evaluate("document.getElementById('accuracy').textContent") == f"{accuracy:.4f}"
-    assert browser.evaluate("document.querySelectorAll('#files tbody tr').length") == len(rows) == 12
+    assert browser.evaluate("document.querySelectorAll('#files tbody tr').length") == len(rows) == 22
     # Misclassified files come first.
     wrong = sum(1 for r in scored if r["label"] != r["prediction"])
     classes = browser.evaluate("Array.from(document.querySelectorAll('#files tbody tr')).map(r => r.className)")
@@ -307,7 +307,7 @@ def test_table_sorts_and_filters_in_the_page(browser: Chromium, finished_jobs: F
     values = browser.evaluate(
         "Array.from(document.querySelectorAll('#files tbody tr')).map(r => r.cells[2].textContent).filter(t => t !== '').map(Number)"
     )
-    assert values == sorted(values) and len(values) == 11
+    assert values == sorted(values) and len(values) == 21
     browser.evaluate(
         "(() => { const s = document.getElementById('filter-only'); s.value = 'failed'; s.dispatchEvent(new Event('change')); })()"
     )
@@ -328,6 +328,8 @@ def test_unlabelled_report_has_no_labelled_sections_and_says_why(browser: Chromi
     assert "none of these files came with a true label" in why
     images = image_states(browser)
     assert {"prediction counts", "confidence histogram", "attention profile"} <= {i["alt"] for i in images}
+    assert "deletion check" not in {i["alt"] for i in images}
+    assert browser.evaluate("document.getElementById('faithfulness-note').textContent").endswith("this job has 5.")
     assert all(i["complete"] and i["width"] > 0 for i in images), images
 
 

@@ -48,6 +48,22 @@ def tiny_bundle() -> ModelBundle:
     return ModelBundle(model=GenderResNet(cfg.n_bins).eval(), features=cfg, version="unit")
 
 
+def test_evidence_in_bf16_agrees_with_fp32(tiny_bundle: ModelBundle, tmp_path: Path):
+    # The worker runs evidence through its own classifier, bf16 where the CPU has it.
+    folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=9)
+    clips = [{"path": p.name, "label": None, "p_female": 0.2 + 0.2 * k} for k, p in enumerate(sorted(folder.glob("*.wav")))]
+    fp32 = collect_evidence(Classifier(tiny_bundle), folder, tmp_path / "cams", clips, min_faithfulness_clips=1)
+    bf16 = collect_evidence(Classifier(tiny_bundle, bf16=True), folder, tmp_path / "cams", clips, min_faithfulness_clips=1)
+    assert [e.clip["path"] for e in fp32.examples] == [e.clip["path"] for e in bf16.examples]
+    for a, b in zip(fp32.examples, bf16.examples):
+        assert abs(a.window_p_female - b.window_p_female) < 0.02
+        assert np.abs(a.cam - b.cam).mean() < 0.05
+    assert fp32.faithfulness.ks == bf16.faithfulness.ks
+    assert np.allclose(fp32.faithfulness.top_drop, bf16.faithfulness.top_drop, atol=0.02)
+    with pytest.raises(ValueError, match="explain=True"):
+        collect_evidence(Classifier(tiny_bundle, explain=False), folder, tmp_path / "cams", clips)
+
+
 def test_collect_evidence_on_real_files_and_the_report_shows_it(tiny_bundle: ModelBundle, tmp_path: Path):
     folder = write_labelled_folder(tmp_path / "in", n_clips=6, sr=16000, seed=5)
     (folder / "broken.wav").write_bytes(b"RIFF....WAVE")
@@ -60,7 +76,7 @@ def test_collect_evidence_on_real_files_and_the_report_shows_it(tiny_bundle: Mod
          "attention": None if r.attention is None else r.attention.tolist(), "processing_ms": 1.0}
         for p, r in zip(paths, results)
     ]
-    evidence = collect_evidence(tiny_bundle, folder, tmp_path / "cams", clips)
+    evidence = collect_evidence(Classifier(tiny_bundle), folder, tmp_path / "cams", clips, min_faithfulness_clips=6)
 
     assert evidence.class_maps is not None and evidence.class_maps.counts.sum() == 6
     assert evidence.class_maps.sums.shape[1:] == (32, tiny_bundle.features.n_frames)
@@ -78,3 +94,19 @@ def test_collect_evidence_on_real_files_and_the_report_shows_it(tiny_bundle: Mod
     html = render_job_report(data)
     assert html.count("<audio controls") == len(evidence.examples)
     assert 'id="faithfulness"' in html and 'alt="deletion check"' in html and 'alt="mean GradCAM per predicted class"' in html
+
+
+def test_small_job_skips_the_deletion_check_and_the_report_says_why(tiny_bundle: ModelBundle, tmp_path: Path):
+    folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=3)
+    clips = [{"path": p.name, "label": None, "speaker": None, "prediction": "male", "p_female": 0.3, "duration_s": 1.0, "windows": 1,
+              "error": None, "error_reason": None, "attention": None, "processing_ms": 1.0} for p in sorted(folder.glob("*.wav"))]
+    evidence = collect_evidence(Classifier(tiny_bundle), folder, tmp_path / "cams", clips, min_faithfulness_clips=5)
+    assert evidence.faithfulness is None and len(evidence.examples) == 4
+    assert evidence.faithfulness_note == "Not run: the deletion check needs at least 5 classified files to be readable; this job has 4."
+    data = JobReportData(
+        job_id="e2", state="done", source="in", label_source="none", model_version="unit", model_metrics={},
+        feature_axis=np.linspace(100, 3800, 32).tolist(), feature_axis_label="mel band centre (Hz)", created_at="2026-01-01 00:00:00",
+        finished_at="2026-01-01 00:00:09", clips=clips, evidence=evidence,
+    )
+    html = render_job_report(data)
+    assert 'id="faithfulness-note"' in html and "this job has 4." in html and 'alt="deletion check"' not in html
