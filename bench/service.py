@@ -125,7 +125,8 @@ class Workers:
 def worker_env(overrides: dict[str, str]) -> dict[str, str]:
     """The environment of a worker process: ours for :data:`OWN_SETTINGS`, one OpenMP thread."""
     env = {k: v for k, v in os.environ.items() if k.removeprefix("VOICEGENDER_") not in OWN_SETTINGS}
-    env.update(PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1", VOICEGENDER_TORCH_THREADS="1")
+    # The repository first; a PYTHONPATH of the caller's (packages installed with --target) stays after it.
+    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p), OMP_NUM_THREADS="1", VOICEGENDER_TORCH_THREADS="1")
     env.update({f"VOICEGENDER_{k}": v for k, v in overrides.items()})
     return env
 
