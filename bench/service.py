@@ -19,6 +19,7 @@ from pathlib import Path
 
 from db.schema import FINAL_JOB_STATES, Job
 from voicegender.bootstrap import Services
+from voicegender.processes import stop_process
 from voicegender.settings import REPO_ROOT
 from worker.submit import submit_folder
 
@@ -58,7 +59,7 @@ def redis_server(folder: Path) -> Iterator[str]:
             client.close()
             yield f"redis://127.0.0.1:{port}/0"
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
 def _pings(client, proc: subprocess.Popen) -> bool:
@@ -118,7 +119,7 @@ class Workers:
         for proc in self.procs:
             proc.terminate()  # Celery's warm shutdown
         for proc in self.procs:
-            _stop(proc)
+            stop_process(proc)
         self.procs.clear()
 
 
@@ -183,12 +184,3 @@ def _wait(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None
             raise BenchError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
 
-
-def _stop(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

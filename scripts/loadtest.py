@@ -35,6 +35,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from voicegender.processes import stop_process  # noqa: E402  (after the path: a plain checkout runs this script)
+
 FINAL = {"done", "done_with_errors", "failed", "cancelled"}
 
 
@@ -68,12 +70,7 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def wait_for(what: str, ready, procs: list[subprocess.Popen], timeout_s: float = 600) -> None:

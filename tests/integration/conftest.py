@@ -19,9 +19,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+
+from voicegender.processes import stop_process
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from voicegender.bootstrap import Services
+    from voicegender.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 240
@@ -88,12 +97,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield RedisServer(port=port, proc=proc)
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         log.close()
 
 
@@ -127,6 +131,56 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(ModelBundle(model=GenderResNet(config.n_bins), features=config, version="it-1"), path)
     return path
+
+
+@dataclass
+class Api:
+    """The HTTP API in this process (FastAPI's TestClient) over the real composition root."""
+
+    client: TestClient
+    services: Services
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def uploads_left(self) -> list[Path]:
+        folder = self.settings.data_dir / "uploads"
+        return sorted(folder.rglob("*")) if folder.exists() else []
+
+    def process(self, job_id: str) -> str:
+        """What the worker's tasks do, in this process: start, every chunk, finalize."""
+        from worker import jobs as worker_jobs
+        from worker.runtime import Runtime
+
+        rt = Runtime.create(self.settings)
+        for index in worker_jobs.start_job(rt, job_id):
+            worker_jobs.run_chunk(rt, job_id, index)
+        return worker_jobs.finalize(rt, job_id)
+
+
+@pytest.fixture
+def make_api(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Api]]:
+    """``make_api(**settings)``: the app on a fresh data dir (SQLite migrated by Alembic, the
+    filesystem broker, the tiny model); no VOICEGENDER_* variable of the caller leaks in."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_api
+    from voicegender.bootstrap import build_services
+    from voicegender.settings import Settings
+
+    for name in [n for n in os.environ if n.startswith("VOICEGENDER_")]:
+        monkeypatch.delenv(name)
+    clients: list[TestClient] = []
+
+    def build(**overrides: object) -> Api:
+        services = build_services(Settings(**{"data_dir": tmp_path / "data", "model_path": tiny_model, "chunk_size": 2, **overrides}))
+        clients.append(TestClient(create_api(services)))
+        return Api(client=clients[-1], services=services)
+
+    yield build
+    for client in clients:
+        client.close()
 
 
 EnvBuilder = Callable[..., dict[str, str]]
@@ -212,13 +266,7 @@ def running_worker(env: dict[str, str], log_path: Path) -> Iterator[WorkerProces
         try:
             yield WorkerProcess(proc=proc, log_path=log_path)
         finally:
-            if proc.poll() is None:
-                proc.terminate()  # warm shutdown: finishes the task at hand
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 @pytest.fixture

@@ -15,20 +15,16 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from api.app import create_api
 from classifier.synthetic import write_labelled_folder
-from voicegender.bootstrap import Services, build_services
-from voicegender.settings import Settings
-from worker import jobs as worker_jobs
-from worker.runtime import Runtime
+from voicegender.processes import stop_process
+
+from .conftest import Api
 
 REPO = Path(__file__).resolve().parents[2]
 CSV_HEADER = "path,prediction,p_female,duration_s,windows,error,label"
@@ -36,63 +32,9 @@ FINAL_STATES = {"done", "done_with_errors", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
-def api_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained GenderResNet on 8 kHz log-mel, version ``api-test``: real, and fast."""
-    import torch
-
-    from classifier.features import logmel_config
-    from classifier.model import GenderResNet, ModelBundle, save_checkpoint
-
-    torch.manual_seed(0)
-    cfg = logmel_config(sample_rate=8000, n_mels=32)
-    path = tmp_path_factory.mktemp("api-model") / "tiny.pt"
-    save_checkpoint(ModelBundle(model=GenderResNet(cfg.n_bins), features=cfg, version="api-test"), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``clip_000_female.wav`` ... ``clip_003_male.wav``, 16 kHz."""
     return write_labelled_folder(tmp_path_factory.mktemp("clips"), n_clips=4, sr=16000, seed=7)
-
-
-@dataclass
-class Api:
-    client: TestClient
-    services: Services
-
-    @property
-    def settings(self) -> Settings:
-        return self.services.settings
-
-    def uploads_left(self) -> list[Path]:
-        folder = self.settings.data_dir / "uploads"
-        return sorted(folder.rglob("*")) if folder.exists() else []
-
-    def process(self, job_id: str) -> str:
-        """What the worker's tasks do, in this process: start, every chunk, finalize."""
-        rt = Runtime.create(self.settings)
-        for index in worker_jobs.start_job(rt, job_id):
-            worker_jobs.run_chunk(rt, job_id, index)
-        return worker_jobs.finalize(rt, job_id)
-
-
-@pytest.fixture
-def make_api(tmp_path: Path, api_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Api]]:
-    """``make_api(**settings)``: the app on a fresh data dir; no VOICEGENDER_* variable of the caller leaks in."""
-    for name in [n for n in os.environ if n.startswith("VOICEGENDER_")]:
-        monkeypatch.delenv(name)
-    clients: list[TestClient] = []
-
-    def build(**overrides: object) -> Api:
-        settings = Settings(**{"data_dir": tmp_path / "data", "model_path": api_model, "chunk_size": 2, **overrides})
-        services = build_services(settings)
-        clients.append(TestClient(create_api(services)))
-        return Api(client=clients[-1], services=services)
-
-    yield build
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture
@@ -354,7 +296,7 @@ def test_results_and_report_through_a_job(api: Api, clips: Path):
 
     assert api.process(job_id) == "done"
     status = api.client.get(f"/jobs/{job_id}").json()
-    assert (status["state"], status["done"], status["failed"], status["model_version"]) == ("done", 4, 0, "api-test")
+    assert (status["state"], status["done"], status["failed"], status["model_version"]) == ("done", 4, 0, "it-1")
     r = api.client.get(f"/jobs/{job_id}/results", params={"format": "csv"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     lines = r.text.splitlines()
@@ -384,7 +326,7 @@ def test_delete_cancels_the_job(api: Api, clips: Path):
 # --- service routes ----------------------------------------------------------------------------
 
 
-def test_health_models_and_docs(api: Api, api_model: Path):
+def test_health_models_and_docs(api: Api, tiny_model: Path):
     from classifier.model import file_sha256
 
     r = api.client.get("/health")
@@ -393,7 +335,7 @@ def test_health_models_and_docs(api: Api, api_model: Path):
     models = api.client.get("/models").json()
     assert len(models) == 1
     model = models[0]
-    assert (model["version"], model["status"], model["sha256"]) == ("api-test", "active", file_sha256(api_model))
+    assert (model["version"], model["status"], model["sha256"]) == ("it-1", "active", file_sha256(tiny_model))
     assert api.client.get("/models").json() == models  # cached, same answer
     assert "swagger-ui" in api.client.get("/docs").text
     spec = api.client.get("/openapi.json").json()
@@ -410,12 +352,12 @@ def test_models_is_503_when_the_checkpoint_is_missing(make_api: Callable[..., Ap
 
 
 @pytest.mark.slow
-def test_a_real_worker_finishes_an_uploaded_job(make_api: Callable[..., Api], api_model: Path, tmp_path: Path):
+def test_a_real_worker_finishes_an_uploaded_job(make_api: Callable[..., Api], tiny_model: Path, tmp_path: Path):
     folder = write_labelled_folder(tmp_path / "in", n_clips=6, sr=16000, seed=11)
     api = make_api(heartbeat_s=0.5)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGENDER_")}
     env.update(
-        VOICEGENDER_DATA_DIR=str(api.settings.data_dir), VOICEGENDER_MODEL_PATH=str(api_model),
+        VOICEGENDER_DATA_DIR=str(api.settings.data_dir), VOICEGENDER_MODEL_PATH=str(tiny_model),
         VOICEGENDER_HEARTBEAT_S="0.5", VOICEGENDER_SWEEP_INTERVAL_S="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
     )
     log_path = tmp_path / "worker.log"
@@ -453,9 +395,4 @@ def wait_for_final_state(api: Api, job_id: str, proc: subprocess.Popen, log_path
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()  # Celery's warm shutdown
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)

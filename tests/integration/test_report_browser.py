@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from classifier.synthetic import write_labelled_folder
+from voicegender.processes import stop_process
 
 from .conftest import REPO, JobTable, free_port, running_worker, wait_until
 
@@ -162,12 +163,7 @@ def browser() -> Iterator[Chromium]:
         yield chrome
         ws.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -359,12 +355,7 @@ def api_server(tmp_path: Path, tiny_model: Path) -> Iterator[tuple[str, dict[str
         wait_until(answers, timeout_s=300, interval_s=0.3, what="the API to answer")
         yield url, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=15)
 
 
 def row_state(browser: Chromium, job_id: str) -> dict | None:

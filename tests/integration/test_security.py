@@ -8,62 +8,25 @@ tokens, and the report escapes whatever a client named.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_api
 from api.uploads import UploadLimits, UploadRefused, contained, extract_zip, safe_relative_path
 from classifier.synthetic import write_labelled_folder
-from voicegender.bootstrap import Services, build_services
 from voicegender.settings import Settings
 
 from .conftest import REPO
 
 TOKEN = "tok-7f3a9c1e5b2d4680aa17"  # a test secret: it must never show up in a log or a response
-
-
-@dataclass
-class Api:
-    client: TestClient
-    services: Services
-
-    def process(self, job_id: str) -> str:
-        from worker import jobs as worker_jobs
-        from worker.runtime import Runtime
-
-        rt = Runtime.create(self.services.settings)
-        for index in worker_jobs.start_job(rt, job_id):
-            worker_jobs.run_chunk(rt, job_id, index)
-        return worker_jobs.finalize(rt, job_id)
-
-
-@pytest.fixture
-def make_api(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Api]]:
-    for name in [n for n in os.environ if n.startswith("VOICEGENDER_")]:
-        monkeypatch.delenv(name)
-    clients = []
-
-    def build(**overrides) -> Api:
-        services = build_services(Settings(**{"data_dir": tmp_path / "data", "model_path": tiny_model, **overrides}))
-        clients.append(TestClient(create_api(services)))
-        return Api(clients[-1], services)
-
-    yield build
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture(scope="module")
