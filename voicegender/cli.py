@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--short-crops", type=float, default=0.25, metavar="P", help="share of training crops that are short excerpts set in silence, like short clips at inference (default 0.25)")
+    p.add_argument("--short-crops", type=float, default=0.0, metavar="P", help="share of training crops that are short excerpts set in silence, like short clips at inference (default 0; see models/MODEL_CARD.md)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--version", default=None, help="model version (default: a timestamp)")
     p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
