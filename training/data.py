@@ -118,7 +118,9 @@ class BalancedCropSampler:
             speakers = sorted(self.tree[gender][corpus])
             clip_ids = self.tree[gender][corpus][speakers[self.rng.integers(len(speakers))]]
             y = self.waves[clip_ids[self.rng.integers(len(clip_ids))]]
-            crops[k] = self._short_crop(y) if self.rng.random() < self.short_prob else self._crop(y)
+            # No draw at all when off: the crop sequence of a seed stays what it was before short crops existed.
+            short = self.short_prob > 0 and self.rng.random() < self.short_prob
+            crops[k] = self._short_crop(y) if short else self._crop(y)
             labels[k] = 0 if gender == "female" else 1
         return crops, labels
 
