@@ -162,13 +162,15 @@ class Classifier:
                 cams.append(cam.cpu().numpy())
         return np.concatenate(log_odds), (np.concatenate(cams) if cams else None)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Logits (B, 2) on the CPU for features (B, F, T), in batches, without GradCAM."""
         model = self.bundle.model
         out = []
         for batch in _groups(feats, self.batch_windows):
-            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), self._autocast():
                 out.append(model(batch.to(self.device)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.bundle.class_names))
 
@@ -179,11 +181,10 @@ class Classifier:
         that gave the logits.
         """
         model = self.bundle.model
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         if not self.explain:
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), self._autocast():
                 return model(feats).float(), None
-        with GradCAM(model, self.bundle.gradcam_layer) as cam, autocast:
+        with GradCAM(model, self.bundle.gradcam_layer) as cam, self._autocast():
             result = cam.explain(feats)
         return result.logits, result.cam
 

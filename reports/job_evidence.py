@@ -5,8 +5,8 @@
   its first voting window's features, GradCAM map and a short audio excerpt;
 - the deletion check (:mod:`classifier.faithfulness`) on a bounded sample of clips.
 Bad files are skipped here: their reason is already in the table. The model runs
-through the worker's :class:`Classifier`, so with its device and precision: the
-deletion check is most of finalize's cost (15 masked copies of each window).
+through the worker's :class:`Classifier`, so with its device and precision (the
+deletion check scores 15 masked copies of each window it checks).
 """
 from __future__ import annotations
 
@@ -169,8 +169,9 @@ def check_faithfulness(clf: Classifier, windows: np.ndarray, *, n_random: int = 
     """Deletion check on raw windows (N, n): GradCAM profiles per window, masked bands set to the training mean."""
     bundle = clf.bundle
     feats = compute_features(torch.from_numpy(np.asarray(windows, dtype=np.float32)), bundle.features)  # (N, F, T)
-    _, cams = clf.score_windows(np.asarray(windows, dtype=np.float32))
-    profiles = cams.mean(axis=-1)  # (N, F)
+    # One batch (the sample is bounded: FAITHFULNESS_CLIPS x FAITHFULNESS_WINDOWS_PER_CLIP windows).
+    _, cams = clf.forward_features(feats.to(clf.device))
+    profiles = cams.float().mean(dim=-1).cpu().numpy()  # (N, F)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(clf.logits(x), dim=1)

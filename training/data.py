@@ -67,7 +67,7 @@ class BalancedCropSampler:
     sound. Clip counts per speaker never matter.
 
     With probability ``short_prob`` a crop is instead a short excerpt
-    (``short_s`` seconds as a fraction of the window, faded at both ends) set
+    (``short_fraction``: its length range as a fraction of the window, faded at both ends) set
     in silence, as ``split_windows`` pads a short clip at inference. Without
     it the only short padded examples are a few digit and prompt voices, and
     their corpus, not the voice, decides the answer on other short clips.
@@ -139,7 +139,6 @@ class BalancedCropSampler:
             if rms > best_rms:
                 best, best_rms = crop, rms
         return best.astype(np.float32)
-
 
     def _short_crop(self, y: np.ndarray) -> np.ndarray:
         """The loudest of a few short excerpts, faded in and out, at a random place in silence."""
