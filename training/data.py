@@ -107,9 +107,14 @@ class BalancedCropSampler:
         a = np.asarray(w, dtype=float)
         return a / a.sum()
 
-    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` crops (n, window) float32 and labels (n,) with 0 = female, 1 = male."""
-        crops = np.zeros((n, self.window), dtype=np.float32)
+    def draw(self, n: int, *, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` crops (n, length or window) float32 and labels (n,) with 0 = female, 1 = male.
+
+        A ``length`` above the window gives source material for a pitch shift
+        (training/pitch.py), which reads more samples than it writes.
+        """
+        length = length or self.window
+        crops = np.zeros((n, length), dtype=np.float32)
         labels = np.zeros(n, dtype=np.int64)
         for k in range(n):
             gender = self.genders[self.rng.integers(len(self.genders))]
@@ -120,27 +125,27 @@ class BalancedCropSampler:
             y = self.waves[clip_ids[self.rng.integers(len(clip_ids))]]
             # No draw at all when off: the crop sequence of a seed stays what it was before short crops existed.
             short = self.short_prob > 0 and self.rng.random() < self.short_prob
-            crops[k] = self._short_crop(y) if short else self._crop(y)
+            crops[k] = self._short_crop(y, length) if short else self._crop(y, length)
             labels[k] = 0 if gender == "female" else 1
         return crops, labels
 
-    def _crop(self, y: np.ndarray) -> np.ndarray:
-        if len(y) <= self.window:
-            out = np.zeros(self.window, dtype=np.float32)
-            start = self.rng.integers(self.window - len(y) + 1)
+    def _crop(self, y: np.ndarray, length: int) -> np.ndarray:
+        if len(y) <= length:
+            out = np.zeros(length, dtype=np.float32)
+            start = self.rng.integers(length - len(y) + 1)
             out[start : start + len(y)] = y
             return out
         # Try a few offsets and keep the loudest: long readings have pauses.
         best, best_rms = None, -1.0
         for _ in range(3):
-            start = self.rng.integers(len(y) - self.window + 1)
-            crop = y[start : start + self.window]
+            start = self.rng.integers(len(y) - length + 1)
+            crop = y[start : start + length]
             rms = float(np.mean(crop.astype(np.float64) ** 2))
             if rms > best_rms:
                 best, best_rms = crop, rms
         return best.astype(np.float32)
 
-    def _short_crop(self, y: np.ndarray) -> np.ndarray:
+    def _short_crop(self, y: np.ndarray, length: int) -> np.ndarray:
         """The loudest of a few short excerpts, faded in and out, at a random place in silence."""
         lo, hi = self.short_fraction
         n = max(16, int(self.window * self.rng.uniform(lo, hi)))
@@ -154,8 +159,8 @@ class BalancedCropSampler:
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
             piece[:fade] *= ramp
             piece[-fade:] *= ramp[::-1]
-        out = np.zeros(self.window, dtype=np.float32)
-        start = self.rng.integers(self.window - len(piece) + 1)
+        out = np.zeros(length, dtype=np.float32)
+        start = self.rng.integers(length - len(piece) + 1)
         out[start : start + len(piece)] = piece
         return out
 

@@ -18,6 +18,7 @@ from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, ModelBundle, build_model, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.data import BalancedCropSampler, augment_channel
+from training.pitch import pitch_ratios, shift_pitch
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.sources import LabelledClip
 from training.splits import Split
@@ -35,6 +36,9 @@ class TrainConfig:
     label_smoothing: float = 0.05
     augment: bool = True
     short_crop_prob: float = 0.0  # share of crops that are short excerpts set in silence (see BalancedCropSampler; MODEL_CARD.md: 0.25 did not help)
+    pitch_shift_prob: float = 0.0  # share of crops whose F0 moves towards the other gender's range, formants kept (training/pitch.py)
+    pitch_male_up: float = 1.8  # most a male F0 is raised (120 Hz -> 216 Hz: a shouting man)
+    pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
     bf16: bool = True
     eval_every: int = 500
     seed: int = 0
@@ -68,6 +72,18 @@ def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: T
     return loss.item()
 
 
+def draw_batch(sampler: BalancedCropSampler, cfg: TrainConfig, features: FeatureConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch of window-length crops, pitch-shifted where the config asks for it."""
+    if not (cfg.augment and cfg.pitch_shift_prob > 0):
+        crops, labels = sampler.draw(cfg.batch_size)  # no extra draws: a seed's crops stay what they were
+        return torch.from_numpy(crops), torch.from_numpy(labels)
+    n = features.window_samples
+    crops, labels = sampler.draw(cfg.batch_size, length=math.ceil(n * cfg.pitch_male_up))
+    labels = torch.from_numpy(labels)
+    ratios = pitch_ratios(labels, prob=cfg.pitch_shift_prob, male_up=cfg.pitch_male_up, female_down=cfg.pitch_female_down, generator=gen)
+    return shift_pitch(list(crops), ratios, n=n, sr=features.sample_rate), labels
+
+
 def train_split(
     clips: list[LabelledClip],
     waves: list[np.ndarray | None],
@@ -91,8 +107,8 @@ def train_split(
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        crops, labels = sampler.draw(cfg.batch_size)
-        losses.append(train_one_step(model, opt, torch.from_numpy(crops), torch.from_numpy(labels), cfg, features, gen))
+        crops, labels = draw_batch(sampler, cfg, features, gen)
+        losses.append(train_one_step(model, opt, crops, labels, cfg, features, gen))
         if progress:
             progress(step, losses[-1])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:

@@ -1,0 +1,105 @@
+"""Pitch shift that keeps the spectral envelope (formants): a training augmentation.
+
+Emotional speech raises a man's pitch while his vocal tract, and so his
+formants, stay where they were; the RAVDESS holdout's errors are mostly such
+takes called female. Shifting a male crop's F0 up (and a female crop's down)
+with the envelope kept teaches the model that pitch alone does not decide.
+
+How: FFT-resample ``round(n * r)`` source samples to ``n`` (every frequency,
+F0 and formants alike, times ``r``), then per STFT frame multiply by the
+ratio of the original envelope to the shifted one (cepstral envelopes, so
+harmonics are smoothed away). A smooth per-frame gain is a time-varying
+filter, which overlap-add reproduces without the artefacts of moving
+harmonics by hand.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+N_FFT = 512
+HOP = 128
+GAIN_LIMIT_DB = 20.0  # never lift a band that resampling emptied by more than this
+
+
+def pitch_ratios(labels: torch.Tensor, *, prob: float, male_up: float, female_down: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-crop ratio: 1 (no shift) or log-uniform up to ``male_up`` for males, down to ``female_down`` for females.
+
+    Only towards the other gender's range, and not beyond: a shift that made
+    the voice ambiguous would need a new label, not this one.
+    """
+    b = labels.shape[0]
+    u = torch.rand(b, generator=generator)
+    v = torch.rand(b, generator=generator)
+    top = torch.where(labels == 1, torch.tensor(math.log(male_up)), torch.tensor(math.log(female_down)))
+    return torch.where(u < prob, torch.exp(v * top), torch.ones(b))
+
+
+def loudest_segment(y: np.ndarray, m: int) -> np.ndarray:
+    """The ``m`` consecutive samples of ``y`` with the most energy (zero-padded if ``y`` is shorter)."""
+    if len(y) <= m:
+        return np.pad(y, (0, m - len(y)))
+    energy = np.concatenate([[0.0], np.cumsum(np.square(y, dtype=np.float64))])
+    start = int(np.argmax(energy[m:] - energy[:-m]))
+    return y[start : start + m]
+
+
+def _fft_resample(seg: torch.Tensor, n: int) -> torch.Tensor:
+    # Ideal band-limited resampling: truncate or zero-pad the spectrum.
+    m = seg.shape[-1]
+    spec = torch.fft.rfft(seg)
+    keep = min(spec.shape[-1], n // 2 + 1)
+    out = torch.zeros(n // 2 + 1, dtype=spec.dtype)
+    out[:keep] = spec[:keep]
+    return torch.fft.irfft(out, n=n) * (n / m)
+
+
+def cepstral_envelope(log_mag: torch.Tensor, *, sr: int, quefrency_s: float = 0.002) -> torch.Tensor:
+    """Smooth log-magnitude envelope (..., bins): keep quefrencies below ``quefrency_s``.
+
+    2 ms is below the period of any voice up to 500 Hz, so harmonics do not
+    leak into the envelope.
+    """
+    n_fft = 2 * (log_mag.shape[-1] - 1)
+    cep = torch.fft.irfft(log_mag, n=n_fft)
+    q = max(1, int(quefrency_s * sr))
+    lifter = torch.zeros(n_fft, dtype=log_mag.dtype)
+    lifter[:q] = 1.0
+    lifter[n_fft - q + 1 :] = 1.0
+    return torch.fft.rfft(cep * lifter).real
+
+
+def _warp_bins(env: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
+    """``env`` (B, bins, T) read at bin ``k * r`` per row (linear interpolation, clamped at Nyquist)."""
+    b, bins, _ = env.shape
+    pos = (torch.arange(bins, dtype=env.dtype)[None, :] * ratios[:, None]).clamp(max=bins - 1)  # (B, bins)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=bins - 1)
+    frac = (pos - lo)[..., None]
+    take = lambda idx: torch.gather(env, 1, idx[..., None].expand(-1, -1, env.shape[-1]))  # noqa: E731
+    return take(lo) * (1 - frac) + take(hi) * frac
+
+
+def shift_pitch(sources: list[np.ndarray], ratios: torch.Tensor, *, n: int, sr: int) -> torch.Tensor:
+    """Crops (B, n) with F0 times ``ratios`` and the envelope kept.
+
+    ``sources`` are crops at least ``n * max(ratios)`` long; each contributes
+    its loudest ``round(n * r)`` samples (a short clip padded in silence keeps
+    its speech).
+    """
+    out = torch.stack([_fft_resample(torch.from_numpy(loudest_segment(s, round(n * float(r)))).float(), n) for s, r in zip(sources, ratios)])
+    shifted = ratios != 1
+    if not shifted.any():
+        return out
+    y = out[shifted]
+    window = torch.hann_window(N_FFT, dtype=y.dtype)
+    spec = torch.stft(y, n_fft=N_FFT, hop_length=HOP, window=window, return_complex=True)  # (b, bins, T)
+    env = cepstral_envelope(torch.log(spec.abs().transpose(1, 2) + 1e-7), sr=sr).transpose(1, 2)
+    # After resampling the envelope is E(f / r); reading it at f * r gives back E(f).
+    limit = GAIN_LIMIT_DB / 20 * math.log(10)
+    gain_log = (_warp_bins(env, ratios[shifted].to(y.dtype)) - env).clamp(-limit, limit)
+    y = torch.istft(spec * torch.exp(gain_log), n_fft=N_FFT, hop_length=HOP, window=window, length=n)
+    out[shifted] = y.to(out.dtype)
+    return out
