@@ -53,6 +53,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("api", help="serve the HTTP API (OpenAPI docs at /docs)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--access-log", action="store_true", help="log every request (off: a poll-heavy client makes it a tenth of the API's CPU; the proxy in front usually logs them)")
     p.set_defaults(func=cmd_api)
     p = sub.add_parser("demo", help="classify the bundled examples through a real worker and print the report path")
     p.set_defaults(func=cmd_demo)
@@ -217,7 +218,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_api
 
     # factory=True: the app (engine, Celery app) is built when uvicorn starts, not at import.
-    uvicorn.run(lambda: create_api(build_services(settings)), factory=True, host=args.host, port=args.port)
+    uvicorn.run(lambda: create_api(build_services(settings)), factory=True, host=args.host, port=args.port, access_log=args.access_log)
     return 0
 
 

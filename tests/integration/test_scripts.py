@@ -36,3 +36,11 @@ def test_api_memory_smoke_rss_does_not_follow_the_upload_size():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(u["kind"], u["upload_mb"]) for u in result["uploads"]] == [("wav", 2), ("zip", 2), ("wav", 24), ("zip", 24)]
     assert result["rss_growth_mb"] <= 16
+
+
+def test_api_cpu_smoke_measures_the_status_route():
+    proc = subprocess.run([sys.executable, "scripts/api_cpu.py", "--requests", "100", "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["requests"] == 100 and not result["access_log"]
+    assert 0 < result["server_cpu_ms_per_request"] < result["wall_ms_per_request"] * 10
