@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -205,6 +206,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     services = build_services(settings)
     install_worker_signals(services.app)
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # before the pool forks: its children inherit it
     argv = ["worker", "--loglevel=INFO", f"--pool={args.pool}", "-n", worker_name()]
     if args.concurrency:
         argv.append(f"--concurrency={args.concurrency}")

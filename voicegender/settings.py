@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     batch_windows: int = 32
     max_duration_s: float = 1200.0
     torch_threads: int | None = None
+    # Workers are batch work: niced, so on a shared host the API's answers
+    # (clients poll job status) come before the next chunk. 0 turns it off.
+    worker_nice: int = Field(default=5, ge=0, le=19)
     device: str = "cpu"  # where workers run the model: "cpu", "cuda", "cuda:1"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has bf16 units
     chunk_size: int = 64

@@ -7,6 +7,7 @@ the one property the design promises: every clip is recorded exactly once.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -78,6 +79,10 @@ def assert_every_clip_once(table, job_id: str, folder: Path, *, state: str = "do
     return clips
 
 
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def test_redis_end_to_end_every_clip_has_one_result(service_env, redis_url, worker, voicegender, job_table, tmp_path):
     folder = write_labelled_folder(tmp_path / "in", n_clips=12, seed=3)
     env = service_env(broker_url=redis_url)
@@ -85,6 +90,8 @@ def test_redis_end_to_end_every_clip_has_one_result(service_env, redis_url, work
         queued = submit(voicegender, env, folder)
         assert (queued["state"], queued["total"], queued["label_source"]) == ("queued", 12, "filename")
         status = wait_for_final_status(voicegender, env, queued["id"], timeout_s=180, worker=w)
+        # Workers are niced (VOICEGENDER_WORKER_NICE, default 5) so that the API's answers come first.
+        assert niceness(w.proc.pid) == os.nice(0) + 5
     assert "Connected to redis://" in w.log_tail(100_000)
     assert (status["state"], status["done"], status["failed"], status["pending"]) == ("done", 12, 0, 0), w.log_tail()
     assert status["model_version"] == "it-1"
