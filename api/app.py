@@ -35,7 +35,7 @@ from api.uploads import (
     MAX_FIELD_BYTES, UploadLimits, UploadRefused, UploadTooLarge, over_size_limit, receive_multipart,
     remove_stale_uploads,
 )
-from classifier.errors import InvalidCheckpoint
+from classifier.errors import InvalidAudio, InvalidCheckpoint
 from db import jobs as repo
 from db import registry
 from db.schema import Job
@@ -199,6 +199,7 @@ class Submission:
     source: str
     labels_csv: Path | None = None
     idempotency_key: str | None = None
+    rejected: tuple[tuple[str, InvalidAudio], ...] = ()  # zip entries not extracted: failed clips of the job
 
 
 def resolve_server_folder(settings: Settings, folder: str) -> Path:
@@ -249,12 +250,12 @@ async def upload_submission(request: Request, settings: Settings, root: Path) ->
         if upload.names or upload.archive or upload.labels_csv:
             raise SubmissionError("send either files or a server-side folder, not both")
         return folder_submission(settings, upload.fields)
-    if not upload.names:
+    if not upload.names and not upload.rejected:
         raise SubmissionError(
             "no files uploaded: send recordings (or one .zip) as 'files', or name a server-side 'folder'"
         )
     key = checked_idempotency_key(upload.fields.get("idempotency_key") or None)
-    return Submission(folder=upload.folder, source=upload.source, labels_csv=upload.labels_csv, idempotency_key=key)
+    return Submission(folder=upload.folder, source=upload.source, labels_csv=upload.labels_csv, idempotency_key=key, rejected=tuple(upload.rejected))
 
 
 def with_header_key(submission: Submission, request: Request) -> Submission:
@@ -316,6 +317,7 @@ def create_job(services: Services, submission: Submission) -> tuple[dict[str, An
     job, created = submit_folder(
         services.settings, services.sessions, services.app, submission.folder,
         labels_csv=submission.labels_csv, idempotency_key=submission.idempotency_key, source=submission.source,
+        rejected=submission.rejected,
     )
     if created:
         log.info("job %s created: %d file(s) from %s", job.id, job.total, submission.source)

@@ -25,6 +25,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from classifier.errors import InvalidAudio, NotAFile, RejectedArchiveEntry
 from worker.submit import STORAGE_ERRNOS, StorageError
 
 BLOCK_BYTES = 1 << 20  # files are written and extracted in 1 MiB blocks
@@ -72,6 +73,7 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
     labels_csv: Path | None = None
     archive: str | None = None  # the client's name for the zip, when one was sent
+    rejected: list[tuple[str, InvalidAudio]] = field(default_factory=list)  # zip entries left unextracted, and why
 
     @property
     def folder(self) -> Path:
@@ -268,7 +270,7 @@ async def receive_multipart(
         if upload.archive is not None:
             if upload.names:
                 raise UploadRefused("send either audio files or one .zip archive, not both")
-            upload.names = await run_in_threadpool(extract_zip, upload.archive_path, upload.folder, limits)
+            upload.names, upload.rejected = await run_in_threadpool(extract_zip, upload.archive_path, upload.folder, limits)
     return upload
 
 
@@ -317,28 +319,38 @@ def remove_stale_uploads(uploads_dir: Path, *, older_than_s: float) -> int:
     return len(stale)
 
 
-def extract_zip(archive: Path, dest: Path, limits: UploadLimits) -> list[str]:
-    """Extract ``archive`` into ``dest``; returns the relative names written.
+def extract_zip(archive: Path, dest: Path, limits: UploadLimits) -> tuple[list[str], list[tuple[str, InvalidAudio]]]:
+    """Extract ``archive`` into ``dest``; returns the relative names written and the entries rejected.
 
-    Refused before anything is written: entries with absolute or ``..``
-    names, symbolic links, more entries than ``max_files``, an expanded size
-    over ``max_bytes``, a compression ratio over :data:`MAX_ZIP_RATIO`.
-    Archives inside the archive are written as plain files, never opened.
+    The whole upload is refused, before anything is written, for what makes
+    the archive itself unusable or hostile: an unreadable archive, absolute
+    or ``..`` names, more entries than ``max_files``, an expanded size over
+    ``max_bytes``. Problems of one entry (a symbolic link, a name given
+    twice, a compression ratio over :data:`MAX_ZIP_RATIO`, encrypted or
+    corrupt data) leave that entry unextracted and become its clip's error,
+    as a bad file in a folder does; the rest of the job runs. Archives
+    inside the archive are written as plain files, never opened.
     """
     try:
         with zipfile.ZipFile(archive) as zf:
             if any(not m.filename for m in zf.infolist()):  # a name of only NUL bytes; zipfile's is_dir() fails on it
                 raise UploadRefused("archive holds an entry with an empty name")
             members = [m for m in zf.infolist() if not m.is_dir() and not _is_mac_metadata(m.filename)]
-            check_zip_members(members, limits)
+            members, rejected = check_zip_members(members, limits)
+            dest.mkdir(parents=True, exist_ok=True)  # the job's folder, even when every entry was rejected
             budget = _ByteBudget(limits.max_bytes)
-            return [_extract_member(zf, m, dest, budget) for m in members]
+            written = []
+            for m in members:
+                problem = _extract_member(zf, m, dest, budget)
+                if problem is None:
+                    written.append(safe_relative_path(m.filename).as_posix())
+                else:
+                    rejected.append((safe_relative_path(m.filename).as_posix(), problem))
+            return written, rejected
     except zipfile.BadZipFile as exc:
         raise UploadRefused(f"not a readable zip archive: {exc}") from None
     except UnicodeDecodeError as exc:  # an entry flagged UTF-8 whose name is not
         raise UploadRefused(f"an archive entry name is not valid UTF-8: {exc.object[:100]!r}") from None
-    except (zlib.error, EOFError, NotImplementedError) as exc:
-        raise UploadRefused(f"cannot extract the zip archive: {exc}") from None
 
 
 def _is_mac_metadata(name: str) -> bool:
@@ -347,31 +359,34 @@ def _is_mac_metadata(name: str) -> bool:
     return parts[0] == "__MACOSX" or parts[-1].startswith("._")
 
 
-def check_zip_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> None:
-    """The checks that need only the central directory, in one pass."""
+def check_zip_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> tuple[list[zipfile.ZipInfo], list[tuple[str, InvalidAudio]]]:
+    """The checks that need only the central directory, in one pass: (entries to extract, entries rejected)."""
     if len(members) > limits.max_files:
         raise UploadTooLarge(
             f"archive holds {len(members)} files, more than {limits.max_files} (VOICEGENDER_MAX_FILES)"
         )
-    total = 0
-    seen: set[str] = set()
+    by_name: dict[str, list[zipfile.ZipInfo]] = {}
     for m in members:
-        rel = safe_relative_path(m.filename).as_posix()
-        if rel in seen:  # which copy would be the recording? The client must say.
-            raise UploadRefused(f"archive holds two entries named {rel!r}")
-        seen.add(rel)
-        if stat.S_ISLNK(m.external_attr >> 16):
-            raise UploadRefused(f"archive entry is a symbolic link: {m.filename!r}")
+        by_name.setdefault(safe_relative_path(m.filename).as_posix(), []).append(m)
+    keep: list[zipfile.ZipInfo] = []
+    rejected: list[tuple[str, InvalidAudio]] = []
+    for rel, same in by_name.items():
+        m = same[0]
         ratio = m.file_size / max(m.compress_size, 1)
-        if m.file_size >= RATIO_CHECKED_FROM_BYTES and ratio > MAX_ZIP_RATIO:
-            raise UploadTooLarge(
-                f"archive entry {m.filename!r} expands {ratio:.0f}:1, above {MAX_ZIP_RATIO:.0f}:1 (a zip bomb?)"
-            )
-        total += m.file_size
+        if len(same) > 1:  # which copy would be the recording? The client must say.
+            rejected.append((rel, RejectedArchiveEntry(f"the archive holds {len(same)} entries with this name; none was used")))
+        elif stat.S_ISLNK(m.external_attr >> 16):
+            rejected.append((rel, NotAFile("archive entry is a symbolic link; links are not extracted")))
+        elif m.file_size >= RATIO_CHECKED_FROM_BYTES and ratio > MAX_ZIP_RATIO:
+            rejected.append((rel, RejectedArchiveEntry(f"archive entry expands {ratio:.0f}:1, above {MAX_ZIP_RATIO:.0f}:1 (a zip bomb?); not extracted")))
+        else:
+            keep.append(m)
+    total = sum(m.file_size for m in keep)
     if total > limits.max_bytes:
         raise UploadTooLarge(
             f"archive expands to {total} bytes, over the {limits.max_bytes} byte limit (VOICEGENDER_MAX_UPLOAD_BYTES)"
         )
+    return keep, rejected
 
 
 @dataclass
@@ -384,17 +399,30 @@ class _ByteBudget:
             raise UploadTooLarge(f"archive expands past the upload limit while extracting {name!r}")
 
 
-def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Path, budget: _ByteBudget) -> str:
+def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Path, budget: _ByteBudget) -> InvalidAudio | None:
+    """Write one entry; None when written, else why it was not (nothing of it is left on disk)."""
     rel = safe_relative_path(member.filename)
+    path = contained(dest, rel)
     written = 0
     try:
-        with zf.open(member) as src, create_file(contained(dest, rel), rel.as_posix()) as out:
+        with zf.open(member) as src, create_file(path, rel.as_posix()) as out:
             for block in iter(lambda: src.read(BLOCK_BYTES), b""):
                 written += len(block)
                 if written > member.file_size:
-                    raise UploadTooLarge(f"archive entry {member.filename!r} is larger than its header says")
+                    raise _EntryProblem("archive entry holds more data than its header says; not extracted")
                 budget.spend(len(block), member.filename)
                 out.write(block)
+    except _EntryProblem as exc:
+        path.unlink(missing_ok=True)
+        return RejectedArchiveEntry(str(exc))
     except RuntimeError as exc:  # zipfile's "encrypted, password required"
-        raise UploadRefused(f"cannot extract {member.filename!r}: {exc}") from None
-    return rel.as_posix()
+        path.unlink(missing_ok=True)
+        return RejectedArchiveEntry(f"cannot extract this archive entry: {exc}")
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # its data is corrupt or of an unknown method
+        path.unlink(missing_ok=True)
+        return RejectedArchiveEntry(f"archive entry data is corrupt or unsupported ({exc}); not extracted")
+    return None
+
+
+class _EntryProblem(Exception):
+    pass

@@ -62,6 +62,12 @@ class NotAFile(InvalidAudio):
     reason = "not_a_file"
 
 
+class RejectedArchiveEntry(InvalidAudio):
+    """A zip entry left unextracted on its own account (expands like a bomb, encrypted, corrupt data)."""
+
+    reason = "rejected_archive_entry"
+
+
 class InvalidCheckpoint(VoiceGenderError):
     """A model file that is missing, corrupt or of an unknown format."""
 

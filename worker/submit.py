@@ -9,6 +9,7 @@ import stat
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from celery import Celery
@@ -91,8 +92,13 @@ def submit_folder(
     labels_csv: Path | None = None,
     idempotency_key: str | None = None,
     source: str | None = None,
+    rejected: Sequence[tuple[str, InvalidAudio]] = (),
 ) -> tuple[Job, bool]:
-    """Create a job for ``folder``'s audio files and enqueue it; returns ``(job, created)``."""
+    """Create a job for ``folder``'s audio files and enqueue it; returns ``(job, created)``.
+
+    ``rejected`` are entries of the submission that never reached ``folder``
+    (zip entries left unextracted): each becomes a failed clip with its error.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise SubmissionError(f"not a folder: {folder}")
@@ -103,6 +109,7 @@ def submit_folder(
                 return existing, False
     skip = frozenset({labels_csv.resolve()}) if labels_csv else frozenset()
     entries = list_submitted_files(folder, max_files=settings.max_files, skip=skip)
+    entries += [Entry(rel, error) for rel, error in rejected if not is_sidecar_path(rel)]
     if not any(is_audio_path(e.rel) for e in entries):
         raise SubmissionError(f"no audio files (.wav .flac .ogg .mp3) found in {folder}")
     job_id = uuid.uuid4().hex

@@ -68,12 +68,13 @@ def test_any_zip_entry_names_extract_inside_the_folder_or_are_refused(tmp_path_f
         for name in names:
             zf.writestr(zipfile.ZipInfo(name), b"RIFF")
     try:
-        written = extract_zip(archive, dest, UploadLimits(max_bytes=1 << 20, max_files=100))
+        written, rejected = extract_zip(archive, dest, UploadLimits(max_bytes=1 << 20, max_files=100))
     except UploadRefused:
-        written = []
+        written, rejected = [], []
     outside = [p for p in base.rglob("*") if p.is_file() and p != archive and not p.resolve().is_relative_to(dest.resolve())]
     assert outside == []
     assert all((dest / w).is_file() for w in written)
+    assert all(not (dest / r).is_file() for r, _ in rejected)  # a rejected entry leaves nothing behind
 
 
 def test_hostile_multipart_names_write_nothing_outside(make_api, wav_bytes, tmp_path):
