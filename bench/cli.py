@@ -67,6 +67,9 @@ def format_figures(f: dict) -> str:
         f"seed-style loop    {f['baseline_cps']:9.2f} clips/s  per file, {d['baseline_threads']} threads",
         f"features           {d['features_seed_mfcc_cps']['batched_cps']:9.1f} clips/s  batched, vs librosa.feature.mfcc {d['features_seed_mfcc_cps']['librosa_cps']:.1f}",
         f"one / two workers  {d['one_worker_cps']:9.1f} / {d['two_workers_cps']:.1f} clips/s  ({d['scale_clips']} clips each)",
+        "  their phases     " + "; ".join(f"{n.replace('_', ' ')}: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in phases.items())
+                                      for n, phases in d["scale_phases_s"].items())
+        + f"  (classify phase two / one {d['two_over_one_worker_classify_phase']:.2f})",
         f"10-clip job        {f['small_job_latency_s']:9.3f} s  median of {d['latency_runs_s']}",
         f"worker peak RSS    {f['worker_peak_rss_mb'] or float('nan'):9.1f} MiB",
         "",

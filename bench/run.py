@@ -24,7 +24,7 @@ from bench.baseline import measure_seed_baseline
 from bench.corpus import subset_folder, write_bench_clips
 from bench.features import measure_features
 from bench.model_limit import LimitJob, measure_model_limit
-from bench.service import Workers, redis_server, run_job, worker_env
+from bench.service import JobRun, Workers, redis_server, run_job, worker_env
 from classifier.features import seed_mfcc_config
 from classifier.model import ModelBundle, load_checkpoint
 from classifier.pipeline import prepare_file, use_bf16
@@ -116,21 +116,23 @@ def _service_figures(opts: BenchOptions, services, workers: Workers, clips: list
             _say(f"starting worker {len(workers.procs) + 1}")
             workers.start()
         run_job(services, small)  # first job of a worker: report and database paths warm up
-        out[f"scale_{n_workers}_cps"] = opts.scale_clips_used / _job(services, scale, opts.scale_clips_used, f"{n_workers} worker(s)")
+        run = _job(services, scale, opts.scale_clips_used, f"{n_workers} worker(s)")
+        out[f"scale_{n_workers}_cps"] = opts.scale_clips_used / run.seconds
+        out[f"scale_{n_workers}_phases"] = run
     while len(workers.procs) < opts.service_workers:
         workers.start()
-    out["end_to_end_s"] = _job(services, clips[0].parent, len(clips), f"end to end, {len(workers.procs)} workers", workers)
+    out["end_to_end_s"] = _job(services, clips[0].parent, len(clips), f"end to end, {len(workers.procs)} workers", workers).seconds
     out["end_to_end_cps"] = len(clips) / out["end_to_end_s"]
     out["worker_peak_rss_mb"] = workers.peak_rss_mb()
     out["worker_peak_anon_mb"] = workers.peak_anon_kib / 1024
     _say(f"latency: {opts.latency_runs} jobs of {LATENCY_CLIPS} clips")
-    out["latency_s"] = [run_job(services, small) for _ in range(opts.latency_runs)]
+    out["latency_s"] = [run_job(services, small).seconds for _ in range(opts.latency_runs)]
     out["workers"] = len(workers.procs)
     out["finalize_s"] = workers.task_seconds("worker.tasks.finalize_job")[-opts.latency_runs :]
     return out
 
 
-def _job(services, folder: Path, n: int, what: str, workers: Workers | None = None) -> float:
+def _job(services, folder: Path, n: int, what: str, workers: Workers | None = None) -> JobRun:
     def progress(done: int) -> None:
         bar.update(done - bar.n)
         if workers is not None:
@@ -165,6 +167,9 @@ def summarise(opts, settings, bundle, feats, baseline, limit, service) -> dict:
             "model_limit_per_process_cps": limit["per_process_cps"],
             "one_worker_cps": _sig(service["scale_1_cps"]),
             "two_workers_cps": _sig(service["scale_2_cps"]),
+            # Where the scale jobs' time went: only the workers' share can scale with their number.
+            "scale_phases_s": {f"{n}_worker{'s' * (n > 1)}": {k: _sig(getattr(service[f"scale_{n}_phases"], k)) for k in ("submit_s", "classify_s", "finalize_s")} for n in (1, 2)},
+            "two_over_one_worker_classify_phase": _sig(service["scale_1_phases"].classify_s / service["scale_2_phases"].classify_s),
             "end_to_end_s": _sig(service["end_to_end_s"]),
             "worker_peak_private_mb": _sig(service["worker_peak_anon_mb"]),
             "latency_runs_s": [_sig(t) for t in service["latency_s"]],

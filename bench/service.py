@@ -12,12 +12,15 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timezone
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from db.schema import FINAL_JOB_STATES, Job
+from sqlalchemy import func, select
+
+from db.schema import FINAL_JOB_STATES, Chunk, Job
 from voicegender.bootstrap import Services
 from voicegender.processes import stop_process
 from voicegender.settings import REPO_ROOT
@@ -132,10 +135,21 @@ def worker_env(overrides: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_job(services: Services, folder: Path, *, poll_s: float = 0.02, progress: Callable[[int], None] | None = None) -> float:
-    """Submit ``folder`` and wait until its report is written; seconds from submit to done."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class JobRun:
+    """One job's wall time from submit to report, and how it splits (from the job table's timestamps)."""
+
+    seconds: float
+    submit_s: float  # copying and hashing the files, writing the rows: in the submitting process
+    classify_s: float  # submit returned -> the last chunk settled: the workers' share, the part that scales
+    finalize_s: float  # last chunk -> report written: one worker, whatever the pool size
+
+
+def run_job(services: Services, folder: Path, *, poll_s: float = 0.02, progress: Callable[[int], None] | None = None) -> JobRun:
+    """Submit ``folder`` and wait until its report is written."""
+    started, started_wall = time.perf_counter(), time.time()
     job, _ = submit_folder(services.settings, services.sessions, services.app, folder)
+    submitted_wall = time.time()
     last_count = 0.0
     while True:
         with services.sessions() as s:
@@ -152,10 +166,19 @@ def run_job(services: Services, folder: Path, *, poll_s: float = 0.02, progress:
     elapsed = time.perf_counter() - started
     if state != "done" or not report:
         raise BenchError(f"job {job.id} ended {state!r} (report {report}); see the worker logs")
-    if progress:
-        with services.sessions() as s:
+    with services.sessions() as s:
+        if progress:
             progress(_settled(s, job.id))
-    return elapsed
+        last_chunk = s.scalar(select(func.max(Chunk.finished_at)).where(Chunk.job_id == job.id))
+        finished = s.get(Job, job.id).finished_at
+    last_chunk_wall, finished_wall = _epoch(last_chunk), _epoch(finished)
+    return JobRun(seconds=elapsed, submit_s=submitted_wall - started_wall, classify_s=last_chunk_wall - submitted_wall,
+                  finalize_s=finished_wall - last_chunk_wall)
+
+
+def _epoch(moment) -> float:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _settled(session, job_id: str) -> int:

@@ -54,6 +54,13 @@ def test_ratios_are_the_ratios_of_the_figures(bench_run):
     d = f["details"]
     assert f["two_over_one_worker"] == pytest.approx(d["two_workers_cps"] / d["one_worker_cps"], rel=0.02, abs=0.01)
     assert f["end_to_end_cps"] == pytest.approx(d["clips"] / d["end_to_end_s"], rel=0.02)
+    for n in ("1_worker", "2_workers"):  # the phases of a scale job add up to its wall time
+        phases = d["scale_phases_s"][n]
+        assert all(v >= 0 for v in phases.values()), phases
+        cps = d["one_worker_cps"] if n == "1_worker" else d["two_workers_cps"]
+        assert sum(phases.values()) == pytest.approx(d["scale_clips"] / cps, rel=0.1, abs=0.1), phases
+    ratio = d["scale_phases_s"]["1_worker"]["classify_s"] / d["scale_phases_s"]["2_workers"]["classify_s"]
+    assert d["two_over_one_worker_classify_phase"] == pytest.approx(ratio, rel=0.02)
 
 
 def test_progress_goes_to_stderr_and_nothing_is_left_behind(bench_run):
