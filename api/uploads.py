@@ -340,12 +340,12 @@ def extract_zip(archive: Path, dest: Path, limits: UploadLimits) -> tuple[list[s
             dest.mkdir(parents=True, exist_ok=True)  # the job's folder, even when every entry was rejected
             budget = _ByteBudget(limits.max_bytes)
             written = []
-            for m in members:
-                problem = _extract_member(zf, m, dest, budget)
+            for rel, m in members:
+                problem = _extract_member(zf, m, rel, dest, budget)
                 if problem is None:
-                    written.append(safe_relative_path(m.filename).as_posix())
+                    written.append(rel.as_posix())
                 else:
-                    rejected.append((safe_relative_path(m.filename).as_posix(), problem))
+                    rejected.append((rel.as_posix(), problem))
             return written, rejected
     except zipfile.BadZipFile as exc:
         raise UploadRefused(f"not a readable zip archive: {exc}") from None
@@ -359,18 +359,25 @@ def _is_mac_metadata(name: str) -> bool:
     return parts[0] == "__MACOSX" or parts[-1].startswith("._")
 
 
-def check_zip_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> tuple[list[zipfile.ZipInfo], list[tuple[str, InvalidAudio]]]:
-    """The checks that need only the central directory, in one pass: (entries to extract, entries rejected)."""
+def check_zip_members(
+    members: list[zipfile.ZipInfo], limits: UploadLimits
+) -> tuple[list[tuple[PurePosixPath, zipfile.ZipInfo]], list[tuple[str, InvalidAudio]]]:
+    """The checks that need only the central directory, in one pass.
+
+    Returns the entries to extract, each with its checked relative path, and
+    the entries rejected with why.
+    """
     if len(members) > limits.max_files:
         raise UploadTooLarge(
             f"archive holds {len(members)} files, more than {limits.max_files} (VOICEGENDER_MAX_FILES)"
         )
-    by_name: dict[str, list[zipfile.ZipInfo]] = {}
+    by_name: dict[PurePosixPath, list[zipfile.ZipInfo]] = {}
     for m in members:
-        by_name.setdefault(safe_relative_path(m.filename).as_posix(), []).append(m)
-    keep: list[zipfile.ZipInfo] = []
+        by_name.setdefault(safe_relative_path(m.filename), []).append(m)
+    keep: list[tuple[PurePosixPath, zipfile.ZipInfo]] = []
     rejected: list[tuple[str, InvalidAudio]] = []
-    for rel, same in by_name.items():
+    for path, same in by_name.items():
+        rel = path.as_posix()
         m = same[0]
         ratio = m.file_size / max(m.compress_size, 1)
         if len(same) > 1:  # which copy would be the recording? The client must say.
@@ -380,8 +387,8 @@ def check_zip_members(members: list[zipfile.ZipInfo], limits: UploadLimits) -> t
         elif m.file_size >= RATIO_CHECKED_FROM_BYTES and ratio > MAX_ZIP_RATIO:
             rejected.append((rel, RejectedArchiveEntry(f"archive entry expands {ratio:.0f}:1, above {MAX_ZIP_RATIO:.0f}:1 (a zip bomb?); not extracted")))
         else:
-            keep.append(m)
-    total = sum(m.file_size for m in keep)
+            keep.append((path, m))
+    total = sum(m.file_size for _, m in keep)
     if total > limits.max_bytes:
         raise UploadTooLarge(
             f"archive expands to {total} bytes, over the {limits.max_bytes} byte limit (VOICEGENDER_MAX_UPLOAD_BYTES)"
@@ -399,9 +406,10 @@ class _ByteBudget:
             raise UploadTooLarge(f"archive expands past the upload limit while extracting {name!r}")
 
 
-def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Path, budget: _ByteBudget) -> InvalidAudio | None:
-    """Write one entry; None when written, else why it was not (nothing of it is left on disk)."""
-    rel = safe_relative_path(member.filename)
+def _extract_member(
+    zf: zipfile.ZipFile, member: zipfile.ZipInfo, rel: PurePosixPath, dest: Path, budget: _ByteBudget
+) -> InvalidAudio | None:
+    """Write one entry to ``dest / rel``; None when written, else why it was not (nothing of it is left on disk)."""
     path = contained(dest, rel)
     written = 0
     try:
@@ -409,18 +417,15 @@ def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, dest: Path, bu
             for block in iter(lambda: src.read(BLOCK_BYTES), b""):
                 written += len(block)
                 if written > member.file_size:
-                    raise _EntryProblem("archive entry holds more data than its header says; not extracted")
+                    raise _EntryProblem("archive entry holds more data than its header says")
                 budget.spend(len(block), member.filename)
                 out.write(block)
-    except _EntryProblem as exc:
+    # zipfile raises RuntimeError for "encrypted, password required"; the
+    # others mean its data is corrupt or of an unknown method.
+    except (_EntryProblem, RuntimeError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
         path.unlink(missing_ok=True)
-        return RejectedArchiveEntry(str(exc))
-    except RuntimeError as exc:  # zipfile's "encrypted, password required"
-        path.unlink(missing_ok=True)
-        return RejectedArchiveEntry(f"cannot extract this archive entry: {exc}")
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # its data is corrupt or of an unknown method
-        path.unlink(missing_ok=True)
-        return RejectedArchiveEntry(f"archive entry data is corrupt or unsupported ({exc}); not extracted")
+        why = exc if isinstance(exc, _EntryProblem) else f"its data is corrupt, encrypted or of an unsupported method ({exc})"
+        return RejectedArchiveEntry(f"archive entry not extracted: {why}")
     return None
 
 

@@ -82,6 +82,11 @@ def _warp_bins(env: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
     return take(lo) * (1 - frac) + take(hi) * frac
 
 
+def _resampled_segment(source: np.ndarray, ratio: float, n: int) -> torch.Tensor:
+    seg = torch.from_numpy(loudest_segment(source, round(n * ratio))).float()
+    return seg if seg.shape[-1] == n else _fft_resample(seg, n)  # an unshifted crop needs no resampling
+
+
 def shift_pitch(sources: list[np.ndarray], ratios: torch.Tensor, *, n: int, sr: int) -> torch.Tensor:
     """Crops (B, n) with F0 times ``ratios`` and the envelope kept.
 
@@ -89,7 +94,7 @@ def shift_pitch(sources: list[np.ndarray], ratios: torch.Tensor, *, n: int, sr: 
     its loudest ``round(n * r)`` samples (a short clip padded in silence keeps
     its speech).
     """
-    out = torch.stack([_fft_resample(torch.from_numpy(loudest_segment(s, round(n * float(r)))).float(), n) for s, r in zip(sources, ratios)])
+    out = torch.stack([_resampled_segment(s, float(r), n) for s, r in zip(sources, ratios)])
     shifted = ratios != 1
     if not shifted.any():
         return out
