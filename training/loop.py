@@ -39,6 +39,7 @@ class TrainConfig:
     pitch_shift_prob: float = 0.0  # share of crops whose F0 moves towards the other gender's range, formants kept (training/pitch.py)
     pitch_male_up: float = 1.8  # most a male F0 is raised (120 Hz -> 216 Hz: a shouting man)
     pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
+    pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
     bf16: bool = True
     eval_every: int = 500
     seed: int = 0
@@ -80,7 +81,7 @@ def draw_batch(sampler: BalancedCropSampler, cfg: TrainConfig, features: Feature
     n = features.window_samples
     crops, labels = sampler.draw(cfg.batch_size, length=math.ceil(n * cfg.pitch_male_up))
     labels = torch.from_numpy(labels)
-    ratios = pitch_ratios(labels, prob=cfg.pitch_shift_prob, male_up=cfg.pitch_male_up, female_down=cfg.pitch_female_down, generator=gen)
+    ratios = pitch_ratios(labels, prob=cfg.pitch_shift_prob, male_up=cfg.pitch_male_up, female_down=cfg.pitch_female_down, both_ways=cfg.pitch_both_ways, generator=gen)
     return shift_pitch(list(crops), ratios, n=n, sr=features.sample_rate), labels
 
 

@@ -24,17 +24,29 @@ HOP = 128
 GAIN_LIMIT_DB = 20.0  # never lift a band that resampling emptied by more than this
 
 
-def pitch_ratios(labels: torch.Tensor, *, prob: float, male_up: float, female_down: float, generator: torch.Generator) -> torch.Tensor:
-    """Per-crop ratio: 1 (no shift) or log-uniform up to ``male_up`` for males, down to ``female_down`` for females.
+def pitch_ratios(
+    labels: torch.Tensor, *, prob: float, male_up: float, female_down: float, generator: torch.Generator, both_ways: bool = False
+) -> torch.Tensor:
+    """Per-crop ratio: 1 (no shift) or a log-uniform shift.
 
-    Only towards the other gender's range, and not beyond: a shift that made
-    the voice ambiguous would need a new label, not this one.
+    Towards the other gender (default): up to ``male_up`` for males, down to
+    ``female_down`` for females, and not beyond: a shift that made the voice
+    ambiguous would need a new label, not this one.
+
+    ``both_ways``: every shifted crop, of either gender, draws from
+    ``[female_down, male_up]``. Whatever trace the shift itself leaves then
+    carries no label; towards-only shifting makes "raised" mean male, and
+    the RAVDESS hold-out's shouting women were called male for it.
     """
     b = labels.shape[0]
     u = torch.rand(b, generator=generator)
     v = torch.rand(b, generator=generator)
-    top = torch.where(labels == 1, torch.tensor(math.log(male_up)), torch.tensor(math.log(female_down)))
-    return torch.where(u < prob, torch.exp(v * top), torch.ones(b))
+    low, high = math.log(female_down), math.log(male_up)
+    if both_ways:
+        log_r = low + v * (high - low)
+    else:
+        log_r = v * torch.where(labels == 1, torch.tensor(high), torch.tensor(low))
+    return torch.where(u < prob, torch.exp(log_r), torch.ones(b))
 
 
 def loudest_segment(y: np.ndarray, m: int) -> np.ndarray:

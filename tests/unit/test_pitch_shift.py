@@ -1,4 +1,6 @@
 """The formant-keeping pitch shift: F0 moves by the ratio, the envelope stays."""
+import math
+
 import librosa
 import numpy as np
 import pytest
@@ -67,6 +69,17 @@ def test_ratios_only_move_towards_the_other_gender():
     assert (female <= 1).all() and (female >= 0.75).all() and (male >= 1).all() and (male <= 1.8).all()
     assert 0.4 < (r != 1).float().mean() < 0.6
     assert (pitch_ratios(labels, prob=0.0, male_up=1.8, female_down=0.75, generator=gen) == 1).all()
+
+
+def test_both_ways_ratios_do_not_depend_on_the_label():
+    labels = torch.tensor([0, 1] * 2000)
+    r = pitch_ratios(labels, prob=0.5, male_up=1.8, female_down=0.75, generator=torch.Generator().manual_seed(0), both_ways=True)
+    assert ((r >= 0.75) & (r <= 1.8)).all()
+    for g in (0, 1):
+        shifted = r[(labels == g) & (r != 1)]
+        # both genders go up and down, in the same proportion: log-uniform puts log(1.8)/log(2.4) of them above 1
+        assert abs((shifted > 1).float().mean().item() - math.log(1.8) / math.log(1.8 / 0.75)) < 0.05
+        assert (shifted < 1).any() and (shifted > 1.5).any()
 
 
 def test_training_batches_with_and_without_pitch_shift():
