@@ -58,6 +58,37 @@ def band_counts(n_bins: int, fractions: Sequence[float] = (1 / 16, 1 / 8, 1 / 4)
     return sorted({max(1, int(round(f * n_bins))) for f in fractions})
 
 
+@dataclass
+class DeletionDrops:
+    """Per-window confidence drops, before averaging: parts computed apart (a job's chunks) concatenate."""
+
+    ks: list[int]
+    base: np.ndarray  # (N,) probability of the predicted class, nothing masked
+    top: np.ndarray  # (K, N) drop when the k most-attended bands are masked
+    random: np.ndarray  # (K, N) mean drop over the random draws of k bands
+
+    @staticmethod
+    def concat(parts: Sequence[DeletionDrops]) -> DeletionDrops:
+        if not parts or any(p.ks != parts[0].ks for p in parts):
+            raise ValueError(f"need parts with the same ks, got {[p.ks for p in parts]}")
+        return DeletionDrops(
+            ks=list(parts[0].ks),
+            base=np.concatenate([p.base for p in parts]),
+            top=np.concatenate([p.top for p in parts], axis=1),
+            random=np.concatenate([p.random for p in parts], axis=1),
+        )
+
+    def summary(self) -> DeletionResult:
+        n = len(self.base)
+        diff = self.top - self.random  # (K, N)
+        se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.full(len(self.ks), np.inf)
+        return DeletionResult(
+            ks=list(self.ks), n_windows=n, base_confidence=float(self.base.mean()),
+            top_drop=self.top.mean(axis=1).tolist(), random_drop=self.random.mean(axis=1).tolist(),
+            difference=diff.mean(axis=1).tolist(), difference_se=[float(v) for v in se],
+        )
+
+
 def deletion_check(
     predict: Predict,
     features: torch.Tensor,
@@ -68,7 +99,21 @@ def deletion_check(
     n_random: int = 4,
     seed: int = 0,
 ) -> DeletionResult:
-    """Confidence drop when masking the most-attended vs random bands.
+    """Confidence drop when masking the most-attended vs random bands (see :func:`deletion_drops`)."""
+    return deletion_drops(predict, features, profiles, fill=fill, ks=ks, n_random=n_random, seed=seed).summary()
+
+
+def deletion_drops(
+    predict: Predict,
+    features: torch.Tensor,
+    profiles: np.ndarray,
+    *,
+    fill: torch.Tensor,
+    ks: Sequence[int],
+    n_random: int = 4,
+    seed: int = 0,
+) -> DeletionDrops:
+    """Per-window confidence drops when masking the most-attended vs random bands.
 
     Parameters
     ----------
@@ -96,16 +141,9 @@ def deletion_check(
     target = base.argmax(dim=1, keepdim=True)  # (N, 1)
     p0 = base.gather(1, target)[:, 0].numpy()
     drops = [p0 - probs[n * (j + 1) : n * (j + 2)].gather(1, target)[:, 0].numpy() for j in range(len(masks))]
-
-    top, rand, diff, se = [], [], [], []
-    for i in range(len(ks)):
-        d_top = drops[i * (1 + n_random)]
-        d_rand = np.mean(drops[i * (1 + n_random) + 1 : (i + 1) * (1 + n_random)], axis=0)
-        top.append(float(d_top.mean()))
-        rand.append(float(d_rand.mean()))
-        diff.append(float((d_top - d_rand).mean()))
-        se.append(float((d_top - d_rand).std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf"))
-    return DeletionResult(
-        ks=list(ks), n_windows=n, base_confidence=float(p0.mean()), top_drop=top, random_drop=rand,
-        difference=diff, difference_se=se,
+    per_k = [drops[i * (1 + n_random) : (i + 1) * (1 + n_random)] for i in range(len(ks))]
+    return DeletionDrops(
+        ks=list(ks), base=p0.astype(np.float64),
+        top=np.stack([d[0] for d in per_k]).astype(np.float64),
+        random=np.stack([np.mean(d[1:], axis=0) for d in per_k]).astype(np.float64),
     )

@@ -3,16 +3,19 @@
 - per-class mean GradCAM maps, summed from the chunk files (:mod:`reports.attention`);
 - a few clips explained again (most and least confident, misclassified), each with
   its first voting window's features, GradCAM map and a short audio excerpt;
-- the deletion check (:mod:`classifier.faithfulness`) on a bounded sample of clips.
+- the deletion check (:mod:`classifier.faithfulness`) on a bounded sample of clips,
+  spread over the job. Each chunk scores its part of the sample as it runs
+  (:func:`record_chunk_deletion`, 15 masked copies per window), so on several
+  workers that work runs in parallel; finalize only sums the chunk files.
 Bad files are skipped here: their reason is already in the table. The model runs
-through the worker's :class:`Classifier`, so with its device and precision (the
-deletion check scores 15 masked copies of each window it checks).
+through the worker's :class:`Classifier`, so with its device and precision.
 """
 from __future__ import annotations
 
 import base64
 import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import torch
 
 from classifier.audio import load_audio
 from classifier.errors import InvalidAudio
-from classifier.faithfulness import DeletionResult, band_counts, deletion_check
+from classifier.faithfulness import DeletionDrops, DeletionResult, band_counts, deletion_drops
 from classifier.features import compute_features
 from classifier.model import ModelBundle
 from classifier.pipeline import Classifier, prepare_waveform
@@ -81,11 +84,10 @@ def collect_evidence(
             f"Not run: the deletion check needs at least {min_faithfulness_clips} classified files to be readable; this job has {classified}."
         )
         return evidence
-    sample = faithfulness_sample(clips)
-    windows = [w for c in sample for w in _voting_windows(bundle, input_dir / c["path"])[:FAITHFULNESS_WINDOWS_PER_CLIP]]
-    if windows:
-        evidence.faithfulness = check_faithfulness(clf, np.stack(windows))
-        evidence.faithfulness_clips = len(sample)
+    drops, n_clips = read_job_deletion(cams_dir)
+    if drops is not None:
+        evidence.faithfulness = drops.summary()
+        evidence.faithfulness_clips = n_clips
     return evidence
 
 
@@ -108,12 +110,13 @@ def _verdict(clip: dict[str, Any]) -> str:
     return "female" if clip["p_female"] >= 0.5 else "male"
 
 
-def faithfulness_sample(clips: list[dict[str, Any]], n: int = FAITHFULNESS_CLIPS) -> list[dict[str, Any]]:
-    """Up to ``n`` classified clips spread evenly over the job (deterministic)."""
-    done = [c for c in clips if c.get("p_female") is not None]
-    if len(done) <= n:
-        return done
-    return [done[i] for i in np.linspace(0, len(done) - 1, n).round().astype(int)]
+def faithfulness_positions(total: int, n: int = FAITHFULNESS_CLIPS) -> set[int]:
+    """Positions of the clips the deletion check uses: up to ``n``, spread evenly over the job (deterministic).
+
+    Chosen from the job's size alone, so each chunk knows its part before the
+    others have run; a chosen clip that fails is simply left out.
+    """
+    return set(range(total)) if total <= n else {int(i) for i in np.linspace(0, total - 1, n).round()}
 
 
 def _voting_windows(bundle: ModelBundle, path: Path) -> np.ndarray:
@@ -165,11 +168,42 @@ def audio_data_uri(y: np.ndarray, sr: int, *, max_s: float = AUDIO_MAX_S, max_sr
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), len(y) / sr
 
 
-def check_faithfulness(clf: Classifier, windows: np.ndarray, *, n_random: int = 4) -> DeletionResult:
+def record_chunk_deletion(clf: Classifier, paths: list[Path], folder: Path, index: int) -> Path | None:
+    """Score the deletion check on ``paths`` (this chunk's part of the sample) and save it for finalize.
+
+    Up to :data:`FAITHFULNESS_WINDOWS_PER_CLIP` voting windows per clip; seeded
+    by the chunk's index, so a chunk run again writes the same file. None when
+    no path had a voting window.
+    """
+    per_clip = [_voting_windows(clf.bundle, p)[:FAITHFULNESS_WINDOWS_PER_CLIP] for p in paths]
+    windows = [w for ws in per_clip for w in ws]
+    if not windows:
+        return None
+    drops = faithfulness_drops(clf, np.stack(windows), seed=index)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"deletion-{index:06d}.npz"
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two deliveries never share a tmp file
+    with open(tmp, "wb") as fh:
+        np.savez(fh, ks=np.array(drops.ks), base=drops.base, top=drops.top, random=drops.random, clips=sum(len(ws) > 0 for ws in per_clip))
+    os.replace(tmp, path)
+    return path
+
+
+def read_job_deletion(folder: Path) -> tuple[DeletionDrops | None, int]:
+    """Every chunk's deletion scores of a job, concatenated, and how many clips they came from."""
+    parts, clips = [], 0
+    for path in sorted(folder.glob("deletion-*.npz")):
+        with np.load(path) as data:
+            parts.append(DeletionDrops(ks=data["ks"].tolist(), base=data["base"], top=data["top"], random=data["random"]))
+            clips += int(data["clips"])
+    parts = [p for p in parts if p.ks == parts[0].ks]  # a model changed mid-job: keep the first model's bands
+    return (DeletionDrops.concat(parts) if parts else None), clips
+
+
+def faithfulness_drops(clf: Classifier, windows: np.ndarray, *, n_random: int = 4, seed: int = 0) -> DeletionDrops:
     """Deletion check on raw windows (N, n): GradCAM profiles per window, masked bands set to the training mean."""
     bundle = clf.bundle
     feats = compute_features(torch.from_numpy(np.asarray(windows, dtype=np.float32)), bundle.features)  # (N, F, T)
-    # One batch (the sample is bounded: FAITHFULNESS_CLIPS x FAITHFULNESS_WINDOWS_PER_CLIP windows).
     _, cams = clf.forward_features(feats.to(clf.device))
     profiles = cams.float().mean(dim=-1).cpu().numpy()  # (N, F)
 
@@ -178,4 +212,4 @@ def check_faithfulness(clf: Classifier, windows: np.ndarray, *, n_random: int = 
 
     # The per-bin training mean: after the model's standardisation a masked band reads exactly 0.
     fill = bundle.model.feature_mean.reshape(-1).cpu()
-    return deletion_check(predict, feats, profiles, fill=fill, ks=band_counts(feats.shape[1]), n_random=n_random)
+    return deletion_drops(predict, feats, profiles, fill=fill, ks=band_counts(feats.shape[1]), n_random=n_random, seed=seed)

@@ -13,7 +13,7 @@ from db.schema import Job, utcnow
 from classifier.features import feature_axis
 from db.schema import Clip
 from reports.attention import write_chunk_cams
-from reports.job_evidence import JobEvidence, collect_evidence
+from reports.job_evidence import JobEvidence, collect_evidence, faithfulness_positions, record_chunk_deletion
 from reports.job_report import JobReportData, write_job_report
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -49,7 +49,8 @@ def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
             repo.mark_job_running(s, job_id, model_version=rt.model().version)
         todo = [c for c in repo.chunk_clips(s, job_id, index) if c.state == "pending"]
         input_dir = Path(job.input_dir)
-    values = _classify(rt, input_dir, todo, cams=(input_dir.parent / "cams", index)) if todo else []
+        sample = faithfulness_positions(job.total)
+    values = _classify(rt, input_dir, todo, cams=(input_dir.parent / "cams", index), sample=sample) if todo else []
     with rt.sessions() as s:
         for clip, v in zip(todo, values):
             repo.write_clip_result(s, clip.id, v)
@@ -58,15 +59,23 @@ def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
         return settled and not repo.pending_chunk_indices(s, job_id)
 
 
-def _classify(rt: Runtime, input_dir: Path, clips: list, cams: tuple[Path, int]) -> list[dict]:
+def _classify(rt: Runtime, input_dir: Path, clips: list, cams: tuple[Path, int], sample: set[int]) -> list[dict]:
     classifier = rt.classifier()
     started = time.perf_counter()
     results = classifier.classify_files([input_dir / c.path for c in clips])
     per_clip_ms = 1000 * (time.perf_counter() - started) / len(clips)
-    try:  # the report's mean maps; written before the clip rows, so a re-run rewrites the same file
+    # The report's mean maps and this chunk's part of the deletion check;
+    # written before the clip rows, so a re-run rewrites the same files.
+    try:
         write_chunk_cams(*cams, results, classifier.bundle.class_names)
     except OSError as exc:
         log.warning("chunk %s: attention maps not saved: %s", cams[1], exc)
+    checked = [input_dir / c.path for c, r in zip(clips, results) if c.position in sample and r.p_female is not None]
+    try:
+        if checked:
+            record_chunk_deletion(classifier, checked, *cams)
+    except (OSError, RuntimeError, ValueError) as exc:  # costs the report's deletion check, not the chunk
+        log.warning("chunk %s: deletion check not saved: %s", cams[1], exc)
     for clip, r in zip(clips, results):
         if r.error:  # name the file as the client did, not by its path under the data directory
             r.error = f"{clip.path}: {r.error.removeprefix(f'{r.path}: ')}"

@@ -15,7 +15,7 @@ from classifier.model import GenderResNet, ModelBundle
 from classifier.pipeline import Classifier
 from classifier.synthetic import write_labelled_folder
 from reports.attention import write_chunk_cams
-from reports.job_evidence import audio_data_uri, collect_evidence, pick_examples
+from reports.job_evidence import audio_data_uri, collect_evidence, faithfulness_positions, pick_examples, read_job_deletion, record_chunk_deletion
 from reports.job_report import JobReportData, render_job_report
 
 
@@ -52,8 +52,12 @@ def test_evidence_in_bf16_agrees_with_fp32(tiny_bundle: ModelBundle, tmp_path: P
     # The worker runs evidence through its own classifier, bf16 where the CPU has it.
     folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=9)
     clips = [{"path": p.name, "label": None, "p_female": 0.2 + 0.2 * k} for k, p in enumerate(sorted(folder.glob("*.wav")))]
-    fp32 = collect_evidence(Classifier(tiny_bundle), folder, tmp_path / "cams", clips, min_faithfulness_clips=1)
-    bf16 = collect_evidence(Classifier(tiny_bundle, bf16=True), folder, tmp_path / "cams", clips, min_faithfulness_clips=1)
+    paths = sorted(folder.glob("*.wav"))
+    evidence = {}
+    for name, clf in (("fp32", Classifier(tiny_bundle)), ("bf16", Classifier(tiny_bundle, bf16=True))):
+        record_chunk_deletion(clf, paths, tmp_path / name, 0)
+        evidence[name] = collect_evidence(clf, folder, tmp_path / name, clips, min_faithfulness_clips=1)
+    fp32, bf16 = evidence["fp32"], evidence["bf16"]
     assert [e.clip["path"] for e in fp32.examples] == [e.clip["path"] for e in bf16.examples]
     for a, b in zip(fp32.examples, bf16.examples):
         assert abs(a.window_p_female - b.window_p_female) < 0.02
@@ -76,6 +80,10 @@ def test_collect_evidence_on_real_files_and_the_report_shows_it(tiny_bundle: Mod
          "attention": None if r.attention is None else r.attention.tolist(), "processing_ms": 1.0}
         for p, r in zip(paths, results)
     ]
+    # The deletion check as two chunks score it: the clips in two parts, each its own file.
+    checked = [p for p, r in zip(paths, results) if r.p_female is not None]
+    record_chunk_deletion(Classifier(tiny_bundle), checked[:2], tmp_path / "cams", 0)
+    record_chunk_deletion(Classifier(tiny_bundle), checked[2:], tmp_path / "cams", 1)
     evidence = collect_evidence(Classifier(tiny_bundle), folder, tmp_path / "cams", clips, min_faithfulness_clips=6)
 
     assert evidence.class_maps is not None and evidence.class_maps.counts.sum() == 6
@@ -110,3 +118,22 @@ def test_small_job_skips_the_deletion_check_and_the_report_says_why(tiny_bundle:
     )
     html = render_job_report(data)
     assert 'id="faithfulness-note"' in html and "this job has 4." in html and 'alt="deletion check"' not in html
+
+
+def test_deletion_sample_is_spread_over_the_job_and_chunk_files_add_up(tiny_bundle: ModelBundle, tmp_path: Path):
+    assert faithfulness_positions(5, n=12) == {0, 1, 2, 3, 4}
+    spread = sorted(faithfulness_positions(1000, n=12))
+    assert len(spread) == 12 and spread[0] == 0 and spread[-1] == 999 and max(np.diff(spread)) <= 92
+
+    folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=4)
+    paths = sorted(folder.glob("*.wav"))
+    clf = Classifier(tiny_bundle)
+    first = record_chunk_deletion(clf, paths[:3], tmp_path / "cams", 0)
+    before = first.read_bytes()
+    assert record_chunk_deletion(clf, paths[:3], tmp_path / "cams", 0).read_bytes() == before  # a chunk run again: the same file
+    record_chunk_deletion(clf, paths[3:], tmp_path / "cams", 1)
+    drops, n_clips = read_job_deletion(tmp_path / "cams")
+    assert n_clips == 4 and drops.top.shape == drops.random.shape == (3, 4) and drops.ks == [2, 4, 8]
+    whole = drops.summary()
+    assert whole.n_windows == 4 and whole.top_drop == pytest.approx(drops.top.mean(axis=1).tolist())
+    assert read_job_deletion(tmp_path / "none") == (None, 0)
