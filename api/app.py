@@ -41,8 +41,8 @@ from db import registry
 from db.schema import Job
 from voicegender.bootstrap import Services
 from voicegender.settings import Settings
-from worker.app import FINALIZE_JOB, RETRAIN
-from worker.retrain import registry_models, request_retrain
+from worker.names import FINALIZE_JOB, RETRAIN
+from worker.requests import registry_models, request_retrain
 from worker.submit import StorageError, SubmissionError, submit_folder
 
 log = logging.getLogger(__name__)

@@ -1,25 +1,21 @@
-"""The model lifecycle: registering checkpoints, the fixed held-out speakers, training a
-candidate and the promotion rule.
+"""The model lifecycle: the fixed held-out speakers, training a candidate and the
+promotion rule (registering a checkpoint is :mod:`training.registration`).
 
 Plain functions of clips, checkpoints and a session; the worker's retrain task
 (:mod:`worker.retrain`) strings them together and holds the lock.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy.orm import Session
 
 from classifier.errors import InvalidDataset
 from classifier.model import ModelBundle, load_checkpoint
-from db import registry
 from db.registry import LabelledJobClip
-from db.schema import ModelVersion
 from training.data import load_waveforms
 from training.loop import TrainConfig, evaluate, train_split, write_run
 from training.run import feature_config_for, summarise_data
@@ -28,46 +24,6 @@ from training.splits import Split, split_by_speaker
 
 log = logging.getLogger(__name__)
 JOBS_CORPUS = "jobs"
-
-
-# --- the registry ------------------------------------------------------------------------------
-
-
-def register_checkpoint(session: Session, path: Path, *, status: str, **fields) -> ModelVersion:
-    """Register the checkpoint at ``path`` under the version it carries."""
-    bundle = load_checkpoint(path)  # InvalidCheckpoint when missing or unreadable
-    fields.setdefault("metrics", bundle.metrics)
-    fields.setdefault("data_summary", bundle.info.get("data"))
-    fields.setdefault("split", _split_beside(Path(path)) or ({"name": bundle.info["split"]} if "split" in bundle.info else None))
-    return registry.register_model(session, version=bundle.version, path=str(Path(path).resolve()), sha256=bundle.sha256, status=status, **fields)
-
-
-def _split_beside(checkpoint: Path) -> dict | None:
-    """A run folder's split.json (speaker lists), so the registry knows whom the model trained on."""
-    path = checkpoint.parent / "split.json"
-    try:
-        return {k: v for k, v in json.loads(path.read_text()).items() if k not in ("train", "val", "test")}
-    except (OSError, ValueError):
-        return None
-
-
-def ensure_active_model(session: Session, default_path: Path) -> ModelVersion:
-    """The active model; on an empty registry the configured default checkpoint becomes it.
-
-    Processes starting together may race to register it: the loser finds the
-    winner's row.
-    """
-    active = registry.active_model(session)
-    if active is not None:
-        return active
-    try:
-        return register_checkpoint(session, default_path, status="active")
-    except registry.RegistryConflict:
-        active = registry.active_model(session)
-        if active is None:  # the version exists but is not active (someone retired it): make it so
-            registry.promote(session, load_checkpoint(default_path).version)
-            active = registry.active_model(session)
-        return active
 
 
 # --- data and the fixed held-out speakers --------------------------------------------------------

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from classifier.errors import InvalidCheckpoint
 from db.migrate import upgrade_database
 from db.session import create_db_engine, make_session_factory
-from training.lifecycle import ensure_active_model
+from training.registration import ensure_active_model
 from voicegender.settings import Settings
 from worker.app import create_celery
 

@@ -152,7 +152,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     with services.sessions() as s:
         if repo.request_cancel(s, args.job_id) is None:
             raise JobNotFound(f"no job with id {args.job_id}")
-    from worker.app import FINALIZE_JOB
+    from worker.names import FINALIZE_JOB
 
     services.app.send_task(FINALIZE_JOB, args=[args.job_id])
     print(json.dumps(job_status(services, args.job_id)) if args.json else f"{args.job_id} cancel requested")
@@ -202,8 +202,9 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.app import install_worker_signals, worker_name
+    from worker.app import import_task_code, install_worker_signals, worker_name
 
+    import_task_code()  # before the pool forks (see its note)
     services = build_services(settings)
     install_worker_signals(services.app)
     if settings.worker_nice:
@@ -309,8 +310,8 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from db import registry
-    from worker.app import RETRAIN
-    from worker.retrain import request_retrain
+    from worker.names import RETRAIN
+    from worker.requests import request_retrain
 
     services = build_services(settings)
     try:

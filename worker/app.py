@@ -6,10 +6,12 @@ each worker's heartbeat thread sweeps for chunks whose message was lost.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from celery import Celery, signals
 from kombu import Queue
@@ -19,17 +21,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from db import jobs as repo
 from voicegender.settings import Settings
-from worker import jobs
-from worker import retrain
 from worker.beat import beat_schedule, beat_schedule_file
-from worker.runtime import Runtime
+from worker.names import CLASSIFY_CHUNK, FINALIZE_JOB, PROCESS_JOB, RETRAIN, SWEEP, TRAINING_QUEUE
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
-PROCESS_JOB = "worker.tasks.process_job"
-CLASSIFY_CHUNK = "worker.tasks.classify_chunk"
-FINALIZE_JOB = "worker.tasks.finalize_job"
-SWEEP = "worker.tasks.sweep"
-RETRAIN = retrain.RETRAIN_TASK
+__all__ = ["CLASSIFY_CHUNK", "FINALIZE_JOB", "PROCESS_JOB", "RETRAIN", "SWEEP", "create_celery"]
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -59,8 +58,8 @@ def _celery_config(settings: Settings) -> dict:
         # Redis redelivers an unacknowledged task after this; above the longest task.
         "broker_transport_options": {"visibility_timeout": 2 * longest_task_s},
         # Retrains on their own queue, which every worker also consumes by default.
-        "task_queues": (Queue("celery", routing_key="celery"), Queue(retrain.TRAINING_QUEUE, routing_key=retrain.TRAINING_QUEUE)),
-        "task_routes": {RETRAIN: {"queue": retrain.TRAINING_QUEUE}},
+        "task_queues": (Queue("celery", routing_key="celery"), Queue(TRAINING_QUEUE, routing_key=TRAINING_QUEUE)),
+        "task_routes": {RETRAIN: {"queue": TRAINING_QUEUE}},
         "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": beat_schedule_file(settings),
         "timezone": "UTC",
@@ -87,6 +86,8 @@ _runtimes: dict[int, Runtime] = {}
 def runtime(app: Celery) -> Runtime:
     """This process's runtime, created on first use; keyed by pid so a forked
     child never shares its parent's database connections."""
+    from worker.runtime import Runtime  # the model code: see import_task_code
+
     pid = os.getpid()
     if pid not in _runtimes:
         _runtimes.clear()
@@ -103,19 +104,37 @@ DB_RETRY = {
 }
 
 
+def import_task_code() -> None:
+    """Import what the tasks run (torch, the model code).
+
+    Not at module import: the API and the CLI build this Celery app only to
+    send tasks. A worker calls this before its pool forks, so the children
+    share the imported code instead of each importing it on its first task.
+    """
+    for name in ("worker.jobs", "worker.retrain"):
+        importlib.import_module(name)
+
+
 def _register_tasks(app: Celery) -> None:
+    # Each body imports what it runs when called (see import_task_code).
     @app.task(name=PROCESS_JOB, **DB_RETRY)
     def process_job(job_id: str) -> None:
+        from worker import jobs
+
         indices = jobs.start_job(runtime(app), job_id)
         enqueue_chunks(app, job_id, indices)
 
     @app.task(name=CLASSIFY_CHUNK, **DB_RETRY)
     def classify_chunk(job_id: str, index: int) -> None:
+        from worker import jobs
+
         if jobs.run_chunk(runtime(app), job_id, index):
             app.send_task(FINALIZE_JOB, args=[job_id])
 
     @app.task(name=FINALIZE_JOB, **DB_RETRY)
     def finalize_job(job_id: str) -> None:
+        from worker import jobs
+
         jobs.finalize(runtime(app), job_id)
 
     @app.task(name=SWEEP)
@@ -127,6 +146,8 @@ def _register_tasks(app: Celery) -> None:
 
     @app.task(name=RETRAIN, time_limit=limit_s, soft_time_limit=limit_s - 60)
     def retrain_model(run_id: int | None = None, overrides: dict | None = None) -> None:
+        from worker import retrain
+
         retrain.retrain_task(runtime(app), run_id, overrides=overrides)
 
 
@@ -142,6 +163,8 @@ def enqueue_chunks(app: Celery, job_id: str, indices: list[int]) -> None:
 
 
 def run_sweep(app: Celery) -> int:
+    from worker import jobs, retrain
+
     retrain.expire_stale_runs(runtime(app))  # frees the retrain lock of a dead worker
     return jobs.sweep(
         runtime(app),
@@ -163,6 +186,8 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        from worker.runtime import Runtime
+
         settings = self.app.voicegender_settings
         rt = Runtime(settings=settings, sessions=runtime(self.app).sessions)
         since_sweep = settings.sweep_interval_s  # sweep at start-up

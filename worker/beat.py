@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery.schedules import crontab
 
 from voicegender.settings import Settings
-from worker.retrain import RETRAIN_TASK
+from worker.names import RETRAIN
 
 RETRAIN_ENTRY = "retrain"
 
@@ -18,7 +18,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict]:
     """``{}`` unless ``VOICEGENDER_RETRAIN_CRON`` is set (minute hour day-of-month month day-of-week, UTC)."""
     if not settings.retrain_cron:
         return {}
-    return {RETRAIN_ENTRY: {"task": RETRAIN_TASK, "schedule": crontab.from_string(settings.retrain_cron), "kwargs": {"run_id": None}}}
+    return {RETRAIN_ENTRY: {"task": RETRAIN, "schedule": crontab.from_string(settings.retrain_cron), "kwargs": {"run_id": None}}}
 
 
 def beat_schedule_file(settings: Settings) -> str:

@@ -20,34 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from db import registry
-from db.schema import TrainingRun, utcnow
+from db.schema import utcnow
 from reports.training_report import TrainingReportData, report_evaluation, write_training_report
 from training.lifecycle import (
-    Candidate, Comparison, choose_held_out_speakers, ensure_active_model, evaluate_checkpoint, job_clips_as_training,
+    Candidate, Comparison, choose_held_out_speakers, evaluate_checkpoint, job_clips_as_training,
     promotion_decision, read_sources, retrain_split, train_candidate,
 )
 from training.loop import TrainConfig
+from training.registration import ensure_active_model
 from voicegender.settings import Settings
+from worker.requests import request_retrain
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
-RETRAIN_TASK = "worker.tasks.retrain"
-TRAINING_QUEUE = "training"  # its own queue: a retrain waits behind at most one task per worker process
 TRAIN_OVERRIDES = ("steps", "batch_size", "eval_every", "lr", "augment")  # what a request may change
 
 
 class RetrainAborted(RuntimeError):
     """The run was failed under us (its heartbeat went stale): stop before touching the registry."""
-
-
-def request_retrain(sessions, settings: Settings, *, trigger: str) -> TrainingRun:
-    """Take the retrain lock (raises :class:`db.registry.RetrainRunning` with who holds it)."""
-    with sessions() as s:
-        return registry.start_run(
-            s, trigger=trigger, stale_after_s=settings.retrain_stale_s,
-            # An unclaimed run waits behind at most one task per worker process on its own queue.
-            unclaimed_after_s=settings.task_time_limit_s + 10 * settings.retrain_stale_s,
-        )
 
 
 def expire_stale_runs(rt: Runtime) -> list[int]:
@@ -234,10 +224,3 @@ def retrain_report_data(candidate: Candidate, comparison: Comparison, cfg: Train
         evaluation=report_evaluation("held-out speakers (fixed across retrains)", candidate.held_out_metrics),
         comparison=comparison.as_dict(),
     )
-
-
-def registry_models(sessions, settings: Settings) -> list[dict[str, Any]]:
-    """Every registered version, newest first; an empty registry adopts the configured checkpoint first."""
-    with sessions() as s:
-        ensure_active_model(s, settings.model_path)  # InvalidCheckpoint when there is none to adopt
-        return [registry.describe_model(m) for m in registry.list_models(s)]

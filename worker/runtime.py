@@ -20,7 +20,7 @@ from classifier.errors import InvalidCheckpoint
 from classifier.model import ModelBundle, load_checkpoint
 from classifier.pipeline import Classifier, use_bf16
 from db.session import create_db_engine, make_session_factory
-from training.lifecycle import ensure_active_model
+from training.registration import ensure_active_model
 from voicegender.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from classifier.labels import find_labels
 from db import jobs as repo
 from db.schema import Job
 from voicegender.settings import Settings
-from worker.app import PROCESS_JOB
+from worker.names import PROCESS_JOB
 
 
 class SubmissionError(ValueError):

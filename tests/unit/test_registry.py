@@ -225,7 +225,7 @@ def test_a_registered_run_folder_keeps_its_speaker_lists(sessions, tmp_path):
 
     from classifier.features import logmel_config
     from classifier.model import GenderResNet, ModelBundle, save_checkpoint
-    from training.lifecycle import ensure_active_model
+    from training.registration import ensure_active_model
 
     cfg = logmel_config(sample_rate=8000, n_mels=32)
     save_checkpoint(ModelBundle(model=GenderResNet(cfg.n_bins), features=cfg, version="run-1"), tmp_path / "run" / "model.pt")
