@@ -6,7 +6,10 @@ each size, streams one multipart upload of that many bytes (one WAV file, and
 one stored zip of the same size) from a generator, so the client holds one
 64 KiB block at a time. While each upload runs it samples the API process's
 resident memory (``VmRSS``, every 10 ms; the high-water mark ``VmHWM`` is no
-use here, start-up already sets it). Prints a table; with ``--json`` one
+use here, start-up already sets it). The registry already holds the model, as
+after a deployment's first start (``voicegender models`` adopts it first);
+``--empty-registry`` lets the API adopt it itself, which reads the checkpoint
+and so imports torch into the API. Prints a table; with ``--json`` one
 object. Exits 1 when the most RSS during the largest upload exceeds that during
 the smallest by more than ``--max-growth-mb``::
 
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes-mb", type=int, nargs="+", default=[16, 256, 1024], help="upload sizes in MiB, ascending")
     p.add_argument("--max-growth-mb", type=float, default=64.0, help="allowed growth of the peak RSS from the smallest to the largest upload")
+    p.add_argument("--empty-registry", action="store_true", help="start the API on an empty registry (it adopts the default model itself, importing torch)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOICEGENDER_")}
         env.update(PYTHONPATH=str(REPO), VOICEGENDER_DATA_DIR=str(tmp / "data"),
                    VOICEGENDER_MAX_UPLOAD_BYTES=str(2 * max(args.sizes_mb) * 1024**2))
+        if not args.empty_registry:
+            subprocess.run([sys.executable, "-m", "voicegender", "models"], env=env, check=True, capture_output=True, timeout=300)
         with process([sys.executable, "-m", "voicegender", "api", "--port", str(port)], tmp / "api.log", env) as api:
             base = f"http://127.0.0.1:{port}"
             wait_for("the API", lambda: _health(base) is not None, [api], timeout_s=300)

@@ -36,6 +36,7 @@ def test_api_memory_smoke_rss_does_not_follow_the_upload_size():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(u["kind"], u["upload_mb"]) for u in result["uploads"]] == [("wav", 2), ("zip", 2), ("wav", 24), ("zip", 24)]
     assert result["rss_growth_mb"] <= 16
+    assert result["idle_rss_mb"] < 400, result  # the API at rest carries no model code (torch alone is ~700 MiB)
 
 
 def test_api_cpu_smoke_measures_the_status_route():
