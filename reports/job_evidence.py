@@ -110,12 +110,16 @@ def _verdict(clip: dict[str, Any]) -> str:
     return "female" if clip["p_female"] >= 0.5 else "male"
 
 
-def faithfulness_positions(total: int, n: int = FAITHFULNESS_CLIPS) -> set[int]:
+def faithfulness_positions(total: int, n: int = FAITHFULNESS_CLIPS, *, min_clips: int = FAITHFULNESS_MIN_CLIPS) -> set[int]:
     """Positions of the clips the deletion check uses: up to ``n``, spread evenly over the job (deterministic).
 
     Chosen from the job's size alone, so each chunk knows its part before the
-    others have run; a chosen clip that fails is simply left out.
+    others have run; a chosen clip that fails is simply left out. None for a
+    job too small for the check to be shown: a small job's chunk must not
+    pay for it.
     """
+    if total < min_clips:
+        return set()
     return set(range(total)) if total <= n else {int(i) for i in np.linspace(0, total - 1, n).round()}
 
 

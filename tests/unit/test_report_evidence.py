@@ -121,7 +121,8 @@ def test_small_job_skips_the_deletion_check_and_the_report_says_why(tiny_bundle:
 
 
 def test_deletion_sample_is_spread_over_the_job_and_chunk_files_add_up(tiny_bundle: ModelBundle, tmp_path: Path):
-    assert faithfulness_positions(5, n=12) == {0, 1, 2, 3, 4}
+    assert faithfulness_positions(5, n=12, min_clips=1) == {0, 1, 2, 3, 4}
+    assert faithfulness_positions(19) == set() and len(faithfulness_positions(20)) == 12  # below 20 the report does not show it
     spread = sorted(faithfulness_positions(1000, n=12))
     assert len(spread) == 12 and spread[0] == 0 and spread[-1] == 999 and max(np.diff(spread)) <= 92
 
