@@ -89,20 +89,6 @@ class DeletionDrops:
         )
 
 
-def deletion_check(
-    predict: Predict,
-    features: torch.Tensor,
-    profiles: np.ndarray,
-    *,
-    fill: torch.Tensor,
-    ks: Sequence[int],
-    n_random: int = 4,
-    seed: int = 0,
-) -> DeletionResult:
-    """Confidence drop when masking the most-attended vs random bands (see :func:`deletion_drops`)."""
-    return deletion_drops(predict, features, profiles, fill=fill, ks=ks, n_random=n_random, seed=seed).summary()
-
-
 def deletion_drops(
     predict: Predict,
     features: torch.Tensor,

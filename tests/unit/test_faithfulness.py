@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from classifier.faithfulness import band_counts, deletion_check, mask_bands, top_bands
+from classifier.faithfulness import band_counts, deletion_drops, mask_bands, top_bands
 
 N_BINS, N_FRAMES, BAND = 16, 10, 3
 
@@ -56,7 +56,7 @@ def test_band_counts_are_distinct_and_at_least_one():
 
 def test_masking_the_band_the_model_reads_drops_confidence_far_more_than_random():
     x = windows()
-    result = deletion_check(band_model, x, profiles_peaked_at(BAND, len(x)), fill=torch.zeros(N_BINS), ks=[1, 2], n_random=8)
+    result = deletion_drops(band_model, x, profiles_peaked_at(BAND, len(x)), fill=torch.zeros(N_BINS), ks=[1, 2], n_random=8).summary()
     assert result.base_confidence > 0.9
     # Masking band 3 leaves the model at 0.5: the drop is the whole margin above chance.
     assert result.top_drop[0] == pytest.approx(result.base_confidence - 0.5, abs=1e-6)
@@ -67,7 +67,7 @@ def test_masking_the_band_the_model_reads_drops_confidence_far_more_than_random(
 
 def test_an_explanation_pointing_elsewhere_is_not_faithful():
     x = windows()
-    result = deletion_check(band_model, x, profiles_peaked_at(10, len(x)), fill=torch.zeros(N_BINS), ks=[1, 2], n_random=8)
+    result = deletion_drops(band_model, x, profiles_peaked_at(10, len(x)), fill=torch.zeros(N_BINS), ks=[1, 2], n_random=8).summary()
     assert result.top_drop == pytest.approx([0.0, 0.0], abs=1e-6)  # bands 10 and 0: never band 3
     assert result.difference[0] < 0
     assert not result.is_faithful()
@@ -75,4 +75,4 @@ def test_an_explanation_pointing_elsewhere_is_not_faithful():
 
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="disagree"):
-        deletion_check(band_model, windows(4), np.zeros((4, 3)), fill=torch.zeros(N_BINS), ks=[1])
+        deletion_drops(band_model, windows(4), np.zeros((4, 3)), fill=torch.zeros(N_BINS), ks=[1]).summary()
