@@ -56,11 +56,15 @@ def write_chunk_cams(folder: Path, index: int, results: list[ClipResult], classe
     for k, cam in explained:
         sums[k] += cam
         counts[k] += 1
-    folder.mkdir(parents=True, exist_ok=True)
-    path = chunk_cams_path(folder, index)
+    return save_npz(chunk_cams_path(folder, index), sums=sums, counts=counts, classes=np.array(classes))
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """Write a chunk's file whole or not at all: a chunk delivered twice rewrites it, never tears it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two deliveries never share a tmp file
     with open(tmp, "wb") as fh:
-        np.savez(fh, sums=sums, counts=counts, classes=np.array(classes))
+        np.savez(fh, **arrays)
     os.replace(tmp, path)
     return path
 

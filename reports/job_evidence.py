@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from classifier.faithfulness import DeletionDrops, DeletionResult, band_counts, 
 from classifier.features import compute_features
 from classifier.model import ModelBundle
 from classifier.pipeline import Classifier, prepare_waveform
-from reports.attention import ClassMaps, read_job_cams
+from reports.attention import ClassMaps, read_job_cams, save_npz
 
 log = logging.getLogger(__name__)
 EXAMPLES_PER_KIND = 2
@@ -184,13 +183,10 @@ def record_chunk_deletion(clf: Classifier, paths: list[Path], folder: Path, inde
     if not windows:
         return None
     drops = faithfulness_drops(clf, np.stack(windows), seed=index)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"deletion-{index:06d}.npz"
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two deliveries never share a tmp file
-    with open(tmp, "wb") as fh:
-        np.savez(fh, ks=np.array(drops.ks), base=drops.base, top=drops.top, random=drops.random, clips=sum(len(ws) > 0 for ws in per_clip))
-    os.replace(tmp, path)
-    return path
+    return save_npz(
+        folder / f"deletion-{index:06d}.npz",
+        ks=np.array(drops.ks), base=drops.base, top=drops.top, random=drops.random, clips=np.array(sum(len(ws) > 0 for ws in per_clip)),
+    )
 
 
 def read_job_deletion(folder: Path) -> tuple[DeletionDrops | None, int]:
