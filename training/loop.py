@@ -18,6 +18,7 @@ from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, ModelBundle, build_model, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.data import BalancedCropSampler, augment_channel
+from training.masking import mask_features
 from training.pitch import pitch_ratios, shift_pitch
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.sources import LabelledClip
@@ -40,6 +41,7 @@ class TrainConfig:
     pitch_male_up: float = 1.8  # most a male F0 is raised (120 Hz -> 216 Hz: a shouting man)
     pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
     pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
+    spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
     bf16: bool = True
     eval_every: int = 500
     seed: int = 0
@@ -65,6 +67,8 @@ def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: T
     if cfg.augment:
         crops = augment_channel(crops, sr=features.sample_rate, generator=gen)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
+    if cfg.augment and cfg.spec_mask_prob > 0:  # no draws when off: a seed's batches stay what they were
+        feats = mask_features(feats, model.feature_mean.flatten(), prob=cfg.spec_mask_prob, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         loss = F.cross_entropy(model(feats), labels, label_smoothing=cfg.label_smoothing)
     opt.zero_grad(set_to_none=True)
