@@ -1,10 +1,11 @@
 """Frequency and time masking of training features (SpecAugment): a training augmentation.
 
-The hold-out errors that remain are content, not pitch: a held-out FSDD
-speaker's "seven", "eight" and "nine" are called female while his other
-digits are not. Hiding random bands and stretches makes the model find the
-answer in more than one place of the spectrogram, so one unusual fricative
-or formant region cannot decide a clip on its own.
+A held-out FSDD speaker's "seven", "eight" and "nine" are called female
+while his other digits are not (the digit hold-out in models/MODEL_CARD.md
+traces it to Asterisk's women in training). Hiding random bands and
+stretches makes the model find the answer in more than one place of the
+spectrogram, so one word's fricative or formant region cannot decide a clip
+on its own.
 
 Masked cells take the training set's mean for their bin, so after the
 model's per-bin standardisation they read as zero: "no evidence", not
