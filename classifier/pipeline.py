@@ -115,11 +115,20 @@ class Classifier:
         *,
         min_confidence: float | None = None,
         on_done: Callable[[ClipResult], None] | None = None,
+        on_prepared: Callable[[PreparedClip], None] | None = None,
     ) -> list[ClipResult]:
-        """Classify files in order; a bad file yields an error result, never an exception."""
+        """Classify files in order; a bad file yields an error result, never an exception.
+
+        ``on_prepared`` sees each readable clip's voting windows before they
+        are scored, so a caller that needs them again need not decode again.
+        """
         results: list[ClipResult] = []
         for group in _groups(list(paths), self.batch_windows):
             prepared: list[PreparedClip | ClipResult] = [self._prepare_or_error(p) for p in group]
+            if on_prepared is not None:
+                for item in prepared:
+                    if isinstance(item, PreparedClip):
+                        on_prepared(item)
             results_group = self.classify_prepared(prepared, min_confidence=min_confidence)
             for r in results_group:
                 if on_done is not None:

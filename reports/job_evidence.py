@@ -28,7 +28,6 @@ from classifier.audio import load_audio
 from classifier.errors import InvalidAudio
 from classifier.faithfulness import DeletionDrops, DeletionResult, band_counts, deletion_drops
 from classifier.features import compute_features
-from classifier.model import ModelBundle
 from classifier.pipeline import Classifier, prepare_waveform
 from reports.attention import ClassMaps, read_job_cams, save_npz
 
@@ -122,15 +121,6 @@ def faithfulness_positions(total: int, n: int = FAITHFULNESS_CLIPS, *, min_clips
     return set(range(total)) if total <= n else {int(i) for i in np.linspace(0, total - 1, n).round()}
 
 
-def _voting_windows(bundle: ModelBundle, path: Path) -> np.ndarray:
-    try:
-        rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft)
-    except InvalidAudio as exc:
-        log.info("evidence: %s skipped: %s", path, exc)
-        return np.zeros((0, bundle.features.window_samples), dtype=np.float32)
-    return prepare_waveform(str(path), rec.y, bundle).windows
-
-
 def explain_examples(clf: Classifier, input_dir: Path, picked: list[tuple[str, dict[str, Any]]]) -> list[ClipExample]:
     """Each picked clip's first voting window with its GradCAM map (one batch for all), and an audio excerpt.
 
@@ -171,14 +161,16 @@ def audio_data_uri(y: np.ndarray, sr: int, *, max_s: float = AUDIO_MAX_S, max_sr
     return "data:audio/wav;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), len(y) / sr
 
 
-def record_chunk_deletion(clf: Classifier, paths: list[Path], folder: Path, index: int) -> Path | None:
-    """Score the deletion check on ``paths`` (this chunk's part of the sample) and save it for finalize.
+def record_chunk_deletion(clf: Classifier, clip_windows: list[np.ndarray], folder: Path, index: int) -> Path | None:
+    """Score the deletion check on this chunk's part of the sample and save it for finalize.
 
-    Up to :data:`FAITHFULNESS_WINDOWS_PER_CLIP` voting windows per clip; seeded
-    by the chunk's index, so a chunk run again writes the same file. None when
-    no path had a voting window.
+    ``clip_windows`` holds each sampled clip's voting windows, as the chunk
+    scored them (:meth:`Classifier.classify_files`'s ``on_prepared``), so no
+    clip is decoded twice. Up to :data:`FAITHFULNESS_WINDOWS_PER_CLIP` windows
+    per clip; seeded by the chunk's index, so a chunk run again writes the
+    same file. None when no clip had a voting window.
     """
-    per_clip = [_voting_windows(clf.bundle, p)[:FAITHFULNESS_WINDOWS_PER_CLIP] for p in paths]
+    per_clip = [w[:FAITHFULNESS_WINDOWS_PER_CLIP] for w in clip_windows]
     windows = [w for ws in per_clip for w in ws]
     if not windows:
         return None

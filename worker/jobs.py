@@ -7,7 +7,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from classifier.pipeline import Classifier, ClipResult
+import numpy as np
+
+from classifier.pipeline import Classifier, ClipResult, PreparedClip
 from db import jobs as repo
 from db.schema import Job, utcnow
 from classifier.features import feature_axis
@@ -61,8 +63,15 @@ def run_chunk(rt: Runtime, job_id: str, index: int) -> bool:
 
 def _classify(rt: Runtime, input_dir: Path, clips: list, cams: tuple[Path, int], sample: set[int]) -> list[dict]:
     classifier = rt.classifier()
+    sampled = {str(input_dir / c.path) for c in clips if c.position in sample}
+    sampled_windows: dict[str, np.ndarray] = {}
+
+    def keep_sampled(prepared: PreparedClip) -> None:  # the deletion check reuses them: nothing is decoded twice
+        if prepared.path in sampled:
+            sampled_windows[prepared.path] = prepared.windows
+
     started = time.perf_counter()
-    results = classifier.classify_files([input_dir / c.path for c in clips])
+    results = classifier.classify_files([input_dir / c.path for c in clips], on_prepared=keep_sampled)
     per_clip_ms = 1000 * (time.perf_counter() - started) / len(clips)
     # The report's mean maps and this chunk's part of the deletion check;
     # written before the clip rows, so a re-run rewrites the same files.
@@ -70,7 +79,7 @@ def _classify(rt: Runtime, input_dir: Path, clips: list, cams: tuple[Path, int],
         write_chunk_cams(*cams, results, classifier.bundle.class_names)
     except OSError as exc:
         log.warning("chunk %s: attention maps not saved: %s", cams[1], exc)
-    checked = [input_dir / c.path for c, r in zip(clips, results) if c.position in sample and r.p_female is not None]
+    checked = [sampled_windows[r.path] for r in results if r.path in sampled_windows and r.p_female is not None]
     try:
         if checked:
             record_chunk_deletion(classifier, checked, *cams)

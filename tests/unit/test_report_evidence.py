@@ -19,6 +19,13 @@ from reports.job_evidence import audio_data_uri, collect_evidence, faithfulness_
 from reports.job_report import JobReportData, render_job_report
 
 
+def _voting_windows(paths: list[Path], bundle: ModelBundle) -> list[np.ndarray]:
+    """Each clip's voting windows as the worker's chunk keeps them for the deletion check."""
+    kept: dict[str, np.ndarray] = {}
+    Classifier(bundle).classify_files(paths, on_prepared=lambda c: kept.__setitem__(c.path, c.windows))
+    return [kept[str(p)] for p in paths if str(p) in kept]
+
+
 def row(path: str, p_female: float | None, label: str | None = None) -> dict:
     return {"path": path, "p_female": p_female, "label": label, "prediction": None if p_female is None else ("female" if p_female >= 0.5 else "male")}
 
@@ -55,7 +62,7 @@ def test_evidence_in_bf16_agrees_with_fp32(tiny_bundle: ModelBundle, tmp_path: P
     paths = sorted(folder.glob("*.wav"))
     evidence = {}
     for name, clf in (("fp32", Classifier(tiny_bundle)), ("bf16", Classifier(tiny_bundle, bf16=True))):
-        record_chunk_deletion(clf, paths, tmp_path / name, 0)
+        record_chunk_deletion(clf, _voting_windows(paths, tiny_bundle), tmp_path / name, 0)
         evidence[name] = collect_evidence(clf, folder, tmp_path / name, clips, min_faithfulness_clips=1)
     fp32, bf16 = evidence["fp32"], evidence["bf16"]
     assert [e.clip["path"] for e in fp32.examples] == [e.clip["path"] for e in bf16.examples]
@@ -82,8 +89,8 @@ def test_collect_evidence_on_real_files_and_the_report_shows_it(tiny_bundle: Mod
     ]
     # The deletion check as two chunks score it: the clips in two parts, each its own file.
     checked = [p for p, r in zip(paths, results) if r.p_female is not None]
-    record_chunk_deletion(Classifier(tiny_bundle), checked[:2], tmp_path / "cams", 0)
-    record_chunk_deletion(Classifier(tiny_bundle), checked[2:], tmp_path / "cams", 1)
+    record_chunk_deletion(Classifier(tiny_bundle), _voting_windows(checked[:2], tiny_bundle), tmp_path / "cams", 0)
+    record_chunk_deletion(Classifier(tiny_bundle), _voting_windows(checked[2:], tiny_bundle), tmp_path / "cams", 1)
     evidence = collect_evidence(Classifier(tiny_bundle), folder, tmp_path / "cams", clips, min_faithfulness_clips=6)
 
     assert evidence.class_maps is not None and evidence.class_maps.counts.sum() == 6
@@ -120,6 +127,21 @@ def test_small_job_skips_the_deletion_check_and_the_report_says_why(tiny_bundle:
     assert 'id="faithfulness-note"' in html and "this job has 4." in html and 'alt="deletion check"' not in html
 
 
+def test_on_prepared_hands_over_the_windows_that_were_scored(tiny_bundle: ModelBundle, tmp_path: Path):
+    folder = write_labelled_folder(tmp_path / "in", n_clips=3, sr=16000, seed=8)
+    (folder / "broken.wav").write_bytes(b"RIFF....WAVE")
+    paths = sorted(folder.glob("*.wav"))
+    seen: dict[str, np.ndarray] = {}
+    results = Classifier(tiny_bundle).classify_files(paths, on_prepared=lambda c: seen.__setitem__(c.path, c.windows))
+    assert sorted(seen) == sorted(r.path for r in results if r.error is None)  # the broken file is not handed over
+    for r in results:
+        if r.error is None:
+            assert seen[r.path].shape == (r.windows, tiny_bundle.features.window_samples)
+            # the same windows, scored again, give the clip's log-odds
+            log_odds, _ = Classifier(tiny_bundle, explain=False).score_windows(seen[r.path])
+            assert float(np.mean(log_odds)) == pytest.approx(r.log_odds, rel=1e-4)  # batched apart: float order differs
+
+
 def test_deletion_sample_is_spread_over_the_job_and_chunk_files_add_up(tiny_bundle: ModelBundle, tmp_path: Path):
     assert faithfulness_positions(5, n=12, min_clips=1) == {0, 1, 2, 3, 4}
     assert faithfulness_positions(19) == set() and len(faithfulness_positions(20)) == 12  # below 20 the report does not show it
@@ -129,10 +151,10 @@ def test_deletion_sample_is_spread_over_the_job_and_chunk_files_add_up(tiny_bund
     folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=4)
     paths = sorted(folder.glob("*.wav"))
     clf = Classifier(tiny_bundle)
-    first = record_chunk_deletion(clf, paths[:3], tmp_path / "cams", 0)
+    first = record_chunk_deletion(clf, _voting_windows(paths[:3], tiny_bundle), tmp_path / "cams", 0)
     before = first.read_bytes()
-    assert record_chunk_deletion(clf, paths[:3], tmp_path / "cams", 0).read_bytes() == before  # a chunk run again: the same file
-    record_chunk_deletion(clf, paths[3:], tmp_path / "cams", 1)
+    assert record_chunk_deletion(clf, _voting_windows(paths[:3], tiny_bundle), tmp_path / "cams", 0).read_bytes() == before  # a chunk run again: the same file
+    record_chunk_deletion(clf, _voting_windows(paths[3:], tiny_bundle), tmp_path / "cams", 1)
     drops, n_clips = read_job_deletion(tmp_path / "cams")
     assert n_clips == 4 and drops.top.shape == drops.random.shape == (3, 4) and drops.ks == [2, 4, 8]
     whole = drops.summary()
