@@ -165,13 +165,19 @@ class BalancedCropSampler:
         return out
 
 
-def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator) -> torch.Tensor:
+def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low_shelf_prob: float = 0.0) -> torch.Tensor:
     """Random channel so that channel carries no label (B, n) -> (B, n).
 
     Band limits (telephone low- and high-pass), a smooth random EQ tilt,
     reverberation, mu-law coding, noise at a random SNR and a random gain,
-    each applied to a random subset of the batch.
+    each applied to a random subset of the batch. With ``low_shelf_prob``,
+    that share of crops also has everything below a random corner
+    (150-500 Hz) raised or lowered by up to 12 dB: bass-heavy microphones,
+    close talking and handsets move that level, and without it a model
+    learns "strong lows" = male (see models/MODEL_CARD.md).
     """
+    if not 0 <= low_shelf_prob <= 1:
+        raise ValueError(f"low_shelf_prob must be in [0, 1], got {low_shelf_prob}")
     b, n = y.shape
     u = lambda: torch.rand(b, 1, generator=generator)  # noqa: E731
     spec = torch.fft.rfft(y, dim=-1)
@@ -183,6 +189,10 @@ def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator) -> 
     gain *= torch.sigmoid((freqs - highpass) / 30)
     tilt_db = torch.where(u() < 0.5, (u() - 0.5) * 12, torch.zeros(b, 1))  # +-6 dB across the band
     gain *= 10 ** (tilt_db * (freqs / (sr / 2) - 0.5) / 20)
+    if low_shelf_prob > 0:  # no draws when off: a seed's batches stay what they were
+        shelf_db = torch.where(u() < low_shelf_prob, (u() - 0.5) * 24, torch.zeros(b, 1))
+        corner = 150 + 350 * u()
+        gain *= 10 ** (shelf_db * torch.sigmoid((corner - freqs) / 40) / 20)
     y = torch.fft.irfft(spec * gain, n=n, dim=-1)
     y = _reverberate(y, sr=sr, apply=u()[:, 0] < 0.25, generator=generator)
     y = _normalise_peak(y)

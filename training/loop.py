@@ -42,6 +42,7 @@ class TrainConfig:
     pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
     pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
     spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
+    low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
     bf16: bool = True
     eval_every: int = 500
     seed: int = 0
@@ -65,7 +66,7 @@ def measure_standardization(sampler: BalancedCropSampler, features: FeatureConfi
 
 def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> float:
     if cfg.augment:
-        crops = augment_channel(crops, sr=features.sample_rate, generator=gen)
+        crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
     if cfg.augment and cfg.spec_mask_prob > 0:  # no draws when off: a seed's batches stay what they were
         feats = mask_features(feats, model.feature_mean.flatten(), prob=cfg.spec_mask_prob, generator=gen)
@@ -147,7 +148,7 @@ def reestimate_batchnorm(model, sampler: BalancedCropSampler, features: FeatureC
             crops, _ = sampler.draw(cfg.batch_size)
             y = torch.from_numpy(crops)
             if cfg.augment:
-                y = augment_channel(y, sr=features.sample_rate, generator=gen)
+                y = augment_channel(y, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 model(compute_features(y, features))
     for bn in bns:

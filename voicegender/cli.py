@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-crops", type=float, default=0.0, metavar="P", help="share of training crops that are short excerpts set in silence, like short clips at inference (default 0; see models/MODEL_CARD.md)")
     p.add_argument("--pitch-shift", type=float, default=0.0, metavar="P", help="share of training crops whose pitch moves towards the other gender's range with the formants kept (default 0; see models/MODEL_CARD.md)")
     p.add_argument("--pitch-both-ways", action="store_true", help="with --pitch-shift: shift crops of either gender up or down (x0.75-x1.8), not only towards the other gender")
+    p.add_argument("--low-shelf", type=float, default=0.0, metavar="P", help="share of training crops whose level below a random 150-500 Hz corner moves by up to +-12 dB (default 0; see models/MODEL_CARD.md)")
     p.add_argument("--spec-mask", type=float, default=0.0, metavar="P", help="share of training crops with two random bands and two stretches of their features hidden (default 0; see models/MODEL_CARD.md)")
     p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--version", default=None, help="model version (default: a timestamp)")
@@ -132,7 +133,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.loop import TrainConfig
     from training.run import run_training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, bf16=not args.no_bf16)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=not args.no_bf16)
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
     def progress_factory(name: str, total: int):

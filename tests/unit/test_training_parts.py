@@ -1,5 +1,6 @@
 """Sources, splits and metrics with answers known by hand."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -162,6 +163,27 @@ def test_augmentation_keeps_shape_and_is_seeded():
     a = augment_channel(y, sr=8000, generator=torch.Generator().manual_seed(0))
     b = augment_channel(y, sr=8000, generator=torch.Generator().manual_seed(0))
     assert a.shape == y.shape and torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_low_shelf_moves_the_lows_and_leaves_other_runs_as_they_were():
+    sr = 8000
+    t = torch.arange(sr) / sr
+    y = (0.3 * torch.sin(2 * math.pi * 200 * t) + 0.3 * torch.sin(2 * math.pi * 1500 * t)).repeat(256, 1)
+
+    def lows_over_highs_db(z: torch.Tensor) -> torch.Tensor:
+        power, f = torch.fft.rfft(z).abs() ** 2, torch.fft.rfftfreq(sr, 1 / sr)
+        return 10 * torch.log10(power[:, (f > 190) & (f < 210)].sum(1) / power[:, (f > 1490) & (f < 1510)].sum(1))
+
+    plain = augment_channel(y, sr=sr, generator=torch.Generator().manual_seed(0))
+    off = augment_channel(y, sr=sr, generator=torch.Generator().manual_seed(0), low_shelf_prob=0.0)
+    assert torch.equal(plain, off)  # off draws nothing: runs without it keep their batches
+    shelved = augment_channel(y, sr=sr, generator=torch.Generator().manual_seed(0), low_shelf_prob=1.0)
+    # Tilt alone moves 200 Hz against 1.5 kHz by about 2 dB; the shelf by up to 12.
+    raised_plain = (lows_over_highs_db(plain) > 6).float().mean()
+    raised_shelved = (lows_over_highs_db(shelved) > 6).float().mean()
+    assert raised_shelved > 0.12 and raised_shelved > 3 * raised_plain
+    with pytest.raises(ValueError, match="low_shelf_prob"):
+        augment_channel(y, sr=sr, generator=torch.Generator(), low_shelf_prob=1.5)
 
 
 def test_schedule_warms_up_then_decays():
