@@ -33,7 +33,7 @@ from worker.requests import request_retrain
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
-TRAIN_OVERRIDES = ("steps", "batch_size", "eval_every", "lr", "augment", "pitch_shift_prob", "pitch_both_ways")  # what a request may change
+TRAIN_OVERRIDES = ("steps", "batch_size", "eval_every", "lr", "augment", "pitch_shift_prob", "pitch_both_ways", "spec_mask_prob", "low_shelf_prob")  # what a request may change
 
 
 class RetrainAborted(RuntimeError):
@@ -121,7 +121,8 @@ def _train_config(settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
     values = {
         "steps": settings.retrain_steps, "batch_size": settings.retrain_batch_size, "eval_every": settings.retrain_eval_every,
         "lr": settings.retrain_lr, "augment": settings.retrain_augment,
-        "pitch_shift_prob": settings.retrain_pitch_shift, "pitch_both_ways": settings.retrain_pitch_both_ways, **overrides,
+        "pitch_shift_prob": settings.retrain_pitch_shift, "pitch_both_ways": settings.retrain_pitch_both_ways,
+        "spec_mask_prob": settings.retrain_spec_mask, "low_shelf_prob": settings.retrain_low_shelf, **overrides,
     }
     # A short run warms up over a tenth of its steps; a full one over the usual 200.
     return TrainConfig(seed=settings.retrain_seed, warmup_steps=min(200, max(1, values["steps"] // 10)), **values)
