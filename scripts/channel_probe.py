@@ -4,8 +4,9 @@ Takes a sample of a corpus's clips per gender, alters every clip one way at a
 time (shelves that raise or cut the lows or highs, a high-pass, a pitch shift
 with the formants kept, pitch and formants raised together, a gain), and
 prints each gender's accuracy at log-odds 0 and median log-odds per
-alteration. A cue the model should not use (the level of the lows, say)
-shows as a large move on one gender and none on the other. Usage:
+alteration (first, each gender's level of the lows against the rest). A cue
+the model should not use (the level of the lows, say) shows as a large move
+on one gender and none on the other. Usage:
 
     python scripts/channel_probe.py MODEL MANIFEST --corpus asterisk [--n 100] [--only hp300,low-10dB] [--cache-dir DIR]
 """
@@ -43,6 +44,16 @@ def faster(y: np.ndarray, ratio: float) -> np.ndarray:
     """Pitch and formants raised together (played ``ratio`` times faster)."""
     n = int(len(y) / ratio)
     return np.interp(np.arange(n) * ratio, np.arange(len(y)), y).astype(np.float32)
+
+
+def lows_over_rest_db(y: np.ndarray, sr: int, n_fft: int = 512, hop: int = 160) -> float:
+    """Level of 50-400 Hz against 0.4-3.8 kHz over the clip's louder frames (within 30 dB of its loudest)."""
+    frames = np.lib.stride_tricks.sliding_window_view(y.astype(np.float64), n_fft)[::hop] * np.hanning(n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    f = np.fft.rfftfreq(n_fft, 1 / sr)
+    energy = power.sum(axis=1)
+    speech = power[energy > energy.max() * 1e-3]
+    return float(10 * np.log10(speech[:, (f >= 50) & (f < 400)].sum() / speech[:, (f >= 400) & (f < 3800)].sum()))
 
 
 def alterations(sr: int) -> dict:
@@ -88,7 +99,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown alteration(s) {sorted(unknown)}; known: {', '.join(table)}")
     clf = Classifier(bundle, explain=False)
-    print(f"{args.corpus}, {', '.join(f'{len(ids)} {g}' for g, ids in sample.items())} clips; accuracy at log-odds 0 (median log-odds)")
+    for gender, ids in sample.items():
+        lows = [lows_over_rest_db(waves[i], sr) for i in ids if len(waves[i]) >= 512]
+        print(f"{args.corpus} {gender}: {len(ids)} clips, lows (50-400 Hz) over 0.4-3.8 kHz: median {np.median(lows):+.1f} dB")
+    print("accuracy at log-odds 0 (median log-odds)")
     for name in names:
         cells = []
         for gender, ids in sample.items():
