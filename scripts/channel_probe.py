@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.model import load_checkpoint  # noqa: E402
-from classifier.pipeline import Classifier, prepare_waveform  # noqa: E402
 from training.data import load_waveforms  # noqa: E402
+from training.loop import file_log_odds  # noqa: E402
 from training.pitch import shift_pitch  # noqa: E402
 from training.sources import read_source  # noqa: E402
 
@@ -98,7 +98,6 @@ def main() -> None:
     unknown = set(names) - set(table)
     if unknown:
         raise SystemExit(f"unknown alteration(s) {sorted(unknown)}; known: {', '.join(table)}")
-    clf = Classifier(bundle, explain=False)
     for gender, ids in sample.items():
         lows = [lows_over_rest_db(waves[i], sr) for i in ids if len(waves[i]) >= 512]
         print(f"{args.corpus} {gender}: {len(ids)} clips, lows (50-400 Hz) over 0.4-3.8 kHz: median {np.median(lows):+.1f} dB")
@@ -106,8 +105,7 @@ def main() -> None:
     for name in names:
         cells = []
         for gender, ids in sample.items():
-            prepared = [prepare_waveform(str(clips[i].path), table[name](waves[i]), bundle) for i in ids]
-            log_odds = np.array([r.log_odds for s in range(0, len(prepared), 32) for r in clf.classify_prepared(prepared[s : s + 32])])
+            log_odds, _ = file_log_odds(bundle, clips, {i: table[name](waves[i]) for i in ids}, ids)
             right = log_odds >= 0 if gender == "female" else log_odds < 0
             cells.append(f"{gender} {right.mean():.2f} ({np.median(log_odds):+.2f})")
         print(f"{name:<13} " + " | ".join(cells), flush=True)
