@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 FeatureKind = Literal["mfcc", "logmel"]
+BandNorm = Literal["none", "lows", "all"]
 AMIN = 1e-10  # librosa.power_to_db's floor
 TOP_DB = 80.0  # librosa.power_to_db's default dynamic range
 
@@ -37,6 +38,12 @@ class FeatureConfig:
     lifter: int = 22
     preemphasis: float | None = 0.97
     ref_max: bool = False  # dB relative to each window's max: gain invariant
+    # Per-window removal of the long-term level of bands (before the DCT), so a
+    # channel's bass or tilt cannot decide: "lows" sets the mean of the bands
+    # centred below band_norm_hz to the mean of the others; "all" subtracts
+    # every band's mean over the window's frames (cepstral mean normalisation).
+    band_norm: BandNorm = "none"
+    band_norm_hz: float = 400.0
 
     @property
     def n_fft(self) -> int:
@@ -135,6 +142,8 @@ def compute_features(y: torch.Tensor | np.ndarray, config: FeatureConfig) -> tor
     if config.preemphasis is not None:
         y = preemphasize(y, config.preemphasis)
     power_db = _log_mel_power(y, config)  # (B, n_mels, T)
+    if config.band_norm != "none":
+        power_db = normalize_bands(power_db, config)
     if config.kind == "logmel":
         return power_db
     dct = torch.as_tensor(_dct_matrix(config.n_mels, config.n_mfcc), dtype=y.dtype, device=y.device)
@@ -164,9 +173,28 @@ def _log_mel_power(y: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
     return torch.maximum(db, peak - TOP_DB)
 
 
+def normalize_bands(db: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
+    """Remove the long-term level of some bands from (B, n_mels, T) dB; see ``FeatureConfig.band_norm``."""
+    band_mean = db.mean(dim=-1, keepdim=True)  # (B, n_mels, 1)
+    if config.band_norm == "all":
+        return db - band_mean
+    if config.band_norm != "lows":
+        raise ValueError(f"unknown band_norm {config.band_norm!r}: use none, lows or all")
+    lows = torch.as_tensor(mel_band_centres(config) < config.band_norm_hz, device=db.device)
+    if not bool(lows.any()) or bool(lows.all()):
+        raise ValueError(f"band_norm_hz={config.band_norm_hz} leaves no band on one side (bands from {config.fmin} Hz)")
+    reference = band_mean[:, ~lows].mean(dim=1, keepdim=True)  # (B, 1, 1): the other bands' mean level
+    shift = torch.where(lows[None, :, None], band_mean - reference, torch.zeros_like(band_mean))
+    return db - shift
+
+
+def mel_band_centres(config: FeatureConfig) -> np.ndarray:
+    hz = librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.fmin, fmax=config.fmax or config.sample_rate / 2)
+    return hz[1:-1]
+
+
 def feature_axis(config: FeatureConfig) -> tuple[np.ndarray, str]:
     """Values and label of the feature (frequency) axis, for plots and reports."""
     if config.kind == "logmel":
-        hz = librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.fmin, fmax=config.fmax or config.sample_rate / 2)
-        return hz[1:-1], "mel band centre (Hz)"
+        return mel_band_centres(config), "mel band centre (Hz)"
     return np.arange(config.n_mfcc), "cepstral coefficient"

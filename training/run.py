@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
@@ -26,15 +26,15 @@ class RunResult:
     features: dict = field(default_factory=dict)
 
 
-def feature_config_for(kind: str) -> FeatureConfig:
+def feature_config_for(kind: str, band_norm: str = "none") -> FeatureConfig:
     """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter model's features."""
     if kind == "mfcc":
-        return seed_mfcc_config(48_000)
+        return replace(seed_mfcc_config(48_000), band_norm=band_norm)
     if kind == "logmel":
         # 8 kHz keeps every corpus in one band (telephone to studio), and a 64 ms
         # frame resolves the harmonics of low voices; see models/MODEL_CARD.md.
         cfg = logmel_config(sample_rate=8_000, n_mels=48)
-        return FeatureConfig.from_dict({**cfg.to_dict(), "frame_s": 0.064, "fmax": 4000.0})
+        return FeatureConfig.from_dict({**cfg.to_dict(), "frame_s": 0.064, "fmax": 4000.0, "band_norm": band_norm})
     raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
 
 
@@ -66,6 +66,7 @@ def run_training(
     out_dir: Path,
     *,
     feature_kind: str = "logmel",
+    band_norm: str = "none",
     split_kind: str = "speaker",
     val_fraction: float = 0.15,
     cfg: TrainConfig,
@@ -76,7 +77,7 @@ def run_training(
 ) -> RunResult:
     """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics."""
     clips = [c for s in sources for c in read_source(s)]
-    features = feature_config_for(feature_kind)
+    features = feature_config_for(feature_kind, band_norm)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)

@@ -9,6 +9,7 @@ from classifier.features import (
     compute_features,
     feature_axis,
     logmel_config,
+    mel_band_centres,
     preemphasize,
     seed_mfcc_config,
 )
@@ -88,6 +89,49 @@ def test_config_round_trips_through_dict():
     cfg = logmel_config(sample_rate=8_000, n_mels=48)
     assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.n_bins == 48 and seed_mfcc_config().n_bins == 12
+
+
+def test_checkpoints_from_before_band_norm_load_without_it():
+    old = {k: v for k, v in logmel_config().to_dict().items() if not k.startswith("band_norm")}
+    assert FeatureConfig.from_dict(old).band_norm == "none"
+
+
+def _bass_and_mids(bass_gain: float, sr: int = 8_000) -> torch.Tensor:
+    """A 150 Hz buzz under louder 1.2 and 2 kHz tones; ``bass_gain`` turns the buzz up."""
+    t = np.arange(sr) / sr
+    rng = np.random.default_rng(5)
+    lows = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in (1, 2))
+    mids = 3 * np.sin(2 * np.pi * 1200 * t) + np.sin(2 * np.pi * 2000 * t) + 0.01 * rng.standard_normal(sr)  # holds the peak
+    return torch.from_numpy((bass_gain * lows + mids)[None] * np.hanning(sr))
+
+
+def test_band_norm_lows_removes_the_level_of_the_bass_and_keeps_the_rest():
+    cfg = FeatureConfig.from_dict({**logmel_config(sample_rate=8_000, n_mels=48).to_dict(), "fmax": 4000.0, "frame_s": 0.064})
+    normed = FeatureConfig.from_dict({**cfg.to_dict(), "band_norm": "lows"})
+    lows = mel_band_centres(cfg) < normed.band_norm_hz
+    quiet, loud = _bass_and_mids(0.3), _bass_and_mids(1.0)  # +10.5 dB of bass
+    plain_gap = (compute_features(loud, cfg)[0, lows] - compute_features(quiet, cfg)[0, lows]).mean()
+    assert plain_gap > 5  # without it, the bass level shows
+    a, b = compute_features(quiet, normed)[0], compute_features(loud, normed)[0]
+    assert abs(float((b[lows] - a[lows]).mean())) < 0.5
+    # The bands above the corner are left as they were.
+    torch.testing.assert_close(a[~lows], compute_features(quiet, cfg)[0, ~lows])
+    # The lows' mean level now equals the mean level of the other bands.
+    assert abs(float(a[lows].mean() - a[~lows].mean())) < 1e-4
+
+
+def test_band_norm_all_leaves_every_band_with_zero_mean_and_is_gain_invariant():
+    cfg = FeatureConfig.from_dict({**logmel_config(sample_rate=8_000, n_mels=48).to_dict(), "band_norm": "all"})
+    y = torch.from_numpy(_speechlike(8_000, 8_000, 3))[None]
+    feats = compute_features(y, cfg)
+    torch.testing.assert_close(feats.mean(dim=-1), torch.zeros(1, 48, dtype=feats.dtype), rtol=0, atol=1e-9)
+    torch.testing.assert_close(feats, compute_features(0.05 * y, cfg), rtol=0, atol=1e-6)
+
+
+def test_unknown_band_norm_is_named():
+    cfg = FeatureConfig.from_dict({**logmel_config(sample_rate=8_000).to_dict(), "band_norm": "treble"})
+    with pytest.raises(ValueError, match="treble"):
+        compute_features(torch.from_numpy(_speechlike(8_000, 8_000, 1))[None], cfg)
 
 
 def test_seed_recipe_shape_at_48k():
