@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # The shipped model's recipe (models/MODEL_CARD.md), so a scheduled candidate is trained as the model it may replace.
     retrain_pitch_shift: float = Field(0.4, ge=0.0, le=1.0)  # share of crops pitch-shifted, formants kept
     retrain_pitch_both_ways: bool = True
-    retrain_spec_mask: float = Field(0.0, ge=0.0, le=1.0)  # share of crops with bands and stretches of their features hidden
+    retrain_spec_mask: float = Field(0.5, ge=0.0, le=1.0)  # share of crops with bands and stretches of their features hidden
     retrain_low_shelf: float = Field(0.0, ge=0.0, le=1.0)  # share of crops with the level below 150-500 Hz moved
     retrain_seed: int = 0
     retrain_val_fraction: float = 0.15  # of the non-held-out speakers: learning curve and calibration
