@@ -188,6 +188,7 @@ def normalize_bands(db: torch.Tensor, config: FeatureConfig) -> torch.Tensor:
     return db - shift
 
 
+@lru_cache(maxsize=16)
 def mel_band_centres(config: FeatureConfig) -> np.ndarray:
     hz = librosa.mel_frequencies(n_mels=config.n_mels + 2, fmin=config.fmin, fmax=config.fmax or config.sample_rate / 2)
     return hz[1:-1]
