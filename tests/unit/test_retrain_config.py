@@ -27,3 +27,23 @@ def test_an_unknown_option_and_a_share_outside_0_1_are_refused(tmp_path):
         Settings(data_dir=tmp_path, retrain_pitch_shift=1.5)
     with pytest.raises(ValidationError, match="retrain_spec_mask"):
         Settings(data_dir=tmp_path, retrain_spec_mask=-0.1)
+
+
+def test_a_candidate_is_trained_and_stored_with_the_configured_band_norm(tmp_path, synthetic_audiomnist):
+    """VOICEGENDER_RETRAIN_BAND_NORM reaches the candidate's checkpoint, which alone decides preprocessing."""
+    from classifier.model import load_checkpoint
+    from training.lifecycle import retrain_split, train_candidate
+    from training.sources import read_source
+
+    sources = read_source(synthetic_audiomnist)
+    held_out = [next(c.speaker for c in sources if c.gender == g) for g in ("female", "male")]
+    clips, split = retrain_split(sources, [], held_out, val_fraction=0.2, seed=0)
+    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
+    candidate = train_candidate(
+        clips, split, feature_kind="logmel", band_norm=settings.retrain_band_norm, cfg=_train_config(settings, {}),
+        version="c1", out_dir=tmp_path / "c1", cache_dir=None,
+    )
+    assert load_checkpoint(candidate.checkpoint).features.band_norm == "all"
+    assert candidate.held_out_metrics["n"] == sum(c.speaker in held_out for c in clips)
+    with pytest.raises(ValidationError, match="retrain_band_norm"):
+        Settings(data_dir=tmp_path, retrain_band_norm="treble")
