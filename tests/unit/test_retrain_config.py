@@ -30,7 +30,8 @@ def test_an_unknown_option_and_a_share_outside_0_1_are_refused(tmp_path):
 
 
 def test_a_candidate_is_trained_and_stored_with_the_configured_band_norm(tmp_path, synthetic_audiomnist):
-    """VOICEGENDER_RETRAIN_BAND_NORM reaches the candidate's checkpoint, which alone decides preprocessing."""
+    """A candidate is trained with, and stores, the band_norm the retrain passes it
+    (worker/retrain.py passes VOICEGENDER_RETRAIN_BAND_NORM); the checkpoint alone decides preprocessing."""
     from classifier.model import load_checkpoint
     from training.lifecycle import retrain_split, train_candidate
     from training.sources import read_source
