@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("calibrate", help="refit a model's threshold on labelled clips of your own recordings (weights unchanged)")
+    p.add_argument("sources", nargs="+", type=Path, help="labelled clips: AudioMNIST, a manifest CSV or female/ male/ folders")
+    p.add_argument("--out", type=Path, required=True, help="the recalibrated checkpoint to write")
+    p.add_argument("--model", type=Path, help="checkpoint to start from (default: the starter model or VOICEGENDER_MODEL_PATH)")
+    p.add_argument("--refit-scale", action="store_true", help="fit the Platt scale too, not only the bias (for a few hundred clips or more)")
+    p.add_argument("--version", default=None, help="version of the new checkpoint (default: the old one + '+cal-' and a timestamp)")
+    p.add_argument("--register", action="store_true", help="add it to the service's model registry as a candidate (then: voicegender promote VERSION)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("record", help="record your own voice from the microphone and classify it")
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--out", type=Path, default=Path("recording.wav"))
@@ -156,6 +166,61 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         data_summary=s["data"], folds=result.folds,
     )))
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from classifier.model import load_checkpoint, save_checkpoint
+    from training.calibrate import recalibrate
+    from training.data import load_waveforms
+    from training.sources import read_source
+
+    services = None
+    if args.register:
+        from voicegender.bootstrap import build_services
+
+        services = build_services(settings)
+    bundle = load_checkpoint(args.model or (_active_model_path(services) if services else settings.model_path))
+    clips = [c for s in args.sources for c in read_source(s)]
+    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
+    # CalibrationRefused is a ValueError: main() prints it as a named error, exit 2.
+    new, report = recalibrate(bundle, clips, waves, refit_scale=args.refit_scale, version=args.version, source=" ".join(map(str, args.sources)))
+    save_checkpoint(new, args.out)
+    if services:
+        _register_candidate(services, args.out, parent_version=bundle.version)
+    for w in report["warnings"]:
+        log.warning("%s", w)
+    before, after = report["before"], report["after"]
+    print(json.dumps({"checkpoint": str(args.out), "version": new.version, **report}, indent=2))
+    print(
+        f"threshold (raw log-odds) {before['threshold_log_odds']:.2f} -> {after['threshold_log_odds']:.2f}; "
+        f"balanced accuracy on these clips {before['balanced_accuracy']:.3f} -> {after['balanced_accuracy']:.3f} (in-sample)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _active_model_path(services) -> Path:
+    """What the workers classify with now (a promoted retrain, say), not the configured default."""
+    from db import registry
+
+    with services.sessions() as s:
+        active = registry.active_model(s)
+    if active is None:
+        raise ValueError("the model registry has no active model; name one with --model")
+    return Path(active.path)
+
+
+def _register_candidate(services, path: Path, *, parent_version: str) -> None:
+    """The registry row workers read; the path must be one every worker can open."""
+    from db.registry import RegistryConflict
+    from training.registration import register_checkpoint
+
+    with services.sessions() as s:
+        try:
+            row = register_checkpoint(s, path, status="candidate", parent_version=parent_version)
+        except RegistryConflict as exc:  # the same --version twice
+            raise ValueError(f"{path} was written but not registered: {exc}") from None
+    log.info("registered %s as a candidate: voicegender promote %s", row.version, row.version)
 
 
 class MicrophoneUnavailable(RuntimeError):

@@ -93,3 +93,112 @@ def test_record_without_a_microphone_fails_with_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("voicegender: error:") and ("microphone" in lines[-1] or "sounddevice" in lines[-1])
     assert not (tmp_path / "r.wav").exists()
+
+
+def _write_manifest(path: Path, wavs: list[Path], meta: dict, *, swap: bool = False) -> Path:
+    other = {"female": "male", "male": "female"}
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "speaker", "gender"])
+        for w in wavs:
+            gender = meta[w.parent.name]["gender"]
+            writer.writerow([str(w), w.parent.name, other[gender] if swap else gender])
+    return path
+
+
+def _speaker_wavs(synthetic_audiomnist: Path, speakers: list[str]) -> list[Path]:
+    return sorted(p for p in synthetic_audiomnist.rglob("*.wav") if f"audiomnist_{p.parent.name}" in speakers)
+
+
+@pytest.fixture(scope="module")
+def moved_threshold(trained_run, tmp_path_factory) -> Path:
+    """The trained model with its threshold moved so far that it calls everyone female,
+    as an unseen recording setup can move the log-odds of a whole channel."""
+    from classifier.model import load_checkpoint, save_checkpoint
+
+    bundle = load_checkpoint(trained_run / "model.pt")
+    bundle.calibration.bias += 40.0
+    path = tmp_path_factory.mktemp("moved") / "moved.pt"
+    save_checkpoint(bundle, path)
+    return path
+
+
+def test_calibrate_on_labelled_clips_restores_the_threshold_and_keeps_the_weights(trained_run, moved_threshold, synthetic_audiomnist, tmp_path):
+    import torch
+
+    from classifier.model import load_checkpoint
+
+    split = json.loads((trained_run / "split.json").read_text())
+    meta = json.loads((synthetic_audiomnist / "audioMNIST_meta.txt").read_text())
+    held_out = _speaker_wavs(synthetic_audiomnist, split["val_speakers"])
+
+    def accuracy(model: Path) -> float:
+        rows = json.loads(run_cli("classify", *map(str, held_out), "--model", str(model), "--format", "json").stdout)["results"]
+        return sum(r["prediction"] == meta[Path(r["path"]).parent.name]["gender"] for r in rows) / len(rows)
+
+    assert accuracy(moved_threshold) <= 0.6  # everyone female: the held-out men are all wrong
+
+    # Labelled clips of other speakers (the training speakers), the held-out ones untouched.
+    labelled = _write_manifest(tmp_path / "labels.csv", _speaker_wavs(synthetic_audiomnist, split["train_speakers"]), meta)
+    out = tmp_path / "calibrated.pt"
+    proc = run_cli("calibrate", str(labelled), "--model", str(moved_threshold), "--out", str(out), "--version", "synthetic-1-cal")
+    report = json.loads(proc.stdout)
+    assert report["method"] == "bias only (scale kept)" and report["in_sample"] is True
+    assert report["before"]["balanced_accuracy"] == 0.5 and report["after"]["balanced_accuracy"] >= 0.8
+    assert report["after"]["threshold_log_odds"] > report["before"]["threshold_log_odds"] + 5  # the bias moved 40 / scale back
+    assert "threshold (raw log-odds)" in proc.stderr
+
+    assert accuracy(out) >= 0.8
+    old, new = load_checkpoint(moved_threshold), load_checkpoint(out)
+    assert new.version == "synthetic-1-cal" and new.calibration.scale == old.calibration.scale
+    assert new.info["recalibrated"]["from_version"] == "synthetic-1"
+    assert new.metrics["source_validation_before_recalibration"]["balanced_accuracy"] == old.metrics["balanced_accuracy"]
+    old_state, new_state = old.model.state_dict(), new.model.state_dict()
+    assert old_state.keys() == new_state.keys() and all(torch.equal(old_state[k], new_state[k]) for k in old_state)
+
+
+def test_calibrate_refuses_labels_the_model_ranks_backwards_and_one_gender(trained_run, synthetic_audiomnist, tmp_path):
+    split = json.loads((trained_run / "split.json").read_text())
+    meta = json.loads((synthetic_audiomnist / "audioMNIST_meta.txt").read_text())
+    wavs = _speaker_wavs(synthetic_audiomnist, split["train_speakers"])
+    swapped = _write_manifest(tmp_path / "swapped.csv", wavs, meta, swap=True)
+    out = tmp_path / "never.pt"
+    proc = run_cli("calibrate", str(swapped), "--model", str(trained_run / "model.pt"), "--out", str(out), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("voicegender: error: the model ranks these clips no better than chance or backwards (AUC 0.")
+    assert not out.exists()
+
+    women = [w for w in wavs if meta[w.parent.name]["gender"] == "female"]
+    proc = run_cli("calibrate", str(_write_manifest(tmp_path / "women.csv", women, meta)), "--model", str(trained_run / "model.pt"), "--out", str(out), check=False)
+    assert proc.returncode == 2 and "both genders" in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+def test_calibrate_registers_a_candidate_that_promote_activates(trained_run, synthetic_audiomnist, service_env, voicegender, tmp_path):
+    """The service's path: registry on SQLite migrated by Alembic, as ``voicegender worker`` would read it."""
+    env = service_env(model_path=trained_run / "model.pt")
+    split = json.loads((trained_run / "split.json").read_text())
+    meta = json.loads((synthetic_audiomnist / "audioMNIST_meta.txt").read_text())
+    labelled = _write_manifest(tmp_path / "labels.csv", _speaker_wavs(synthetic_audiomnist, split["train_speakers"]), meta)
+    out = tmp_path / "models" / "cal.pt"
+    voicegender(env, "calibrate", str(labelled), "--out", str(out), "--register", "--version", "synthetic-1-cal")
+
+    def registry() -> dict:
+        return {m["version"]: m for m in json.loads(voicegender(env, "models", "--json").stdout)}
+
+    models = registry()
+    assert models["synthetic-1"]["status"] == "active"  # the configured default, adopted by the empty registry
+    assert models["synthetic-1-cal"]["status"] == "candidate" and models["synthetic-1-cal"]["parent_version"] == "synthetic-1"
+    assert models["synthetic-1-cal"]["path"] == str(out.resolve())
+
+    again = voicegender(env, "calibrate", str(labelled), "--out", str(tmp_path / "again.pt"), "--register", "--version", "synthetic-1-cal", check=False)
+    assert again.returncode == 2 and "was written but not registered" in again.stderr.strip().splitlines()[-1]
+
+    voicegender(env, "promote", "synthetic-1-cal")
+    # Without --model, a registered calibration starts from the model the workers use now.
+    proc = voicegender(env, "calibrate", str(labelled), "--out", str(tmp_path / "models" / "cal2.pt"), "--register")
+    second = json.loads(proc.stdout)["version"]
+    assert second.startswith("synthetic-1-cal+cal-")
+    models = registry()
+    assert models["synthetic-1-cal"]["status"] == "active" and models["synthetic-1"]["status"] == "retired"
+    assert models[second]["status"] == "candidate" and models[second]["parent_version"] == "synthetic-1-cal"
