@@ -33,8 +33,7 @@ def feature_config_for(kind: str, band_norm: str = "none") -> FeatureConfig:
     if kind == "logmel":
         # 8 kHz keeps every corpus in one band (telephone to studio), and a 64 ms
         # frame resolves the harmonics of low voices; see models/MODEL_CARD.md.
-        cfg = logmel_config(sample_rate=8_000, n_mels=48)
-        return FeatureConfig.from_dict({**cfg.to_dict(), "frame_s": 0.064, "fmax": 4000.0, "band_norm": band_norm})
+        return replace(logmel_config(sample_rate=8_000, n_mels=48), frame_s=0.064, fmax=4000.0, band_norm=band_norm)
     raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
 
 
