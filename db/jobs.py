@@ -225,3 +225,17 @@ def job_results(session: Session, job_id: str) -> list[dict[str, Any]] | None:
          "error": c.error or "", "label": c.label or ""}
         for c in clips
     ]
+
+
+def labelled_clip_scores(session: Session, job_id: str) -> list[dict[str, Any]] | None:
+    """A job's classified clips that carry a label: path, label, speaker, raw log-odds and the model
+    version that scored them (what ``calibrate --job`` fits on); None for an unknown job."""
+    if session.get(Job, job_id) is None:
+        return None
+    clips = session.scalars(
+        select(Clip).where(Clip.job_id == job_id, Clip.label.is_not(None)).order_by(Clip.position)
+    )
+    return [
+        {"path": c.path, "label": c.label, "speaker": c.speaker, "log_odds": c.log_odds, "model_version": c.model_version, "error": c.error}
+        for c in clips
+    ]

@@ -67,7 +67,7 @@ def main() -> None:
                 rows.append([balanced_accuracy(z[rest], is_female[rest], t) for t in (-cal.bias / cal.scale, 0.0, args.fixed)])
             r = np.array(rows)
             print(
-                f"{k} woman + {k} man, {n} clips each: calibrated {r[:, 0].mean():.3f} (10th percentile {np.percentile(r[:, 0], 10):.3f}); "
+                f"{k} {'woman' if k == 1 else 'women'} + {k} {'man' if k == 1 else 'men'}, {n} clips each: calibrated {r[:, 0].mean():.3f} (10th percentile {np.percentile(r[:, 0], 10):.3f}); "
                 f"same speakers at raw 0 {r[:, 1].mean():.3f}, at {args.fixed} {r[:, 2].mean():.3f}"
             )
 

@@ -77,22 +77,35 @@ def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarra
     }
 
 
+def score_labelled_clips(bundle: ModelBundle, clips: list[LabelledClip], waves: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Raw file log-odds, truth and speaker of every decoded clip (``waves``: None = unreadable, skipped)."""
+    kept = [i for i, w in enumerate(waves) if w is not None]
+    log_odds, is_female = file_log_odds(bundle, clips, waves, kept)
+    return log_odds, is_female, [clips[i].speaker for i in kept]
+
+
 def recalibrate(
-    bundle: ModelBundle, clips: list[LabelledClip], waves: list, *, refit_scale: bool = False, version: str | None = None, source: str = ""
+    bundle: ModelBundle,
+    log_odds: np.ndarray,
+    is_female: np.ndarray,
+    speakers: list[str],
+    *,
+    refit_scale: bool = False,
+    version: str | None = None,
+    source: str = "",
+    skipped: int = 0,
 ) -> tuple[ModelBundle, dict]:
-    """A copy of ``bundle`` calibrated on ``clips`` (decoded ``waves``; None = unreadable), and a report.
+    """A copy of ``bundle`` calibrated on labelled clips' raw log-odds (from this model), and a report.
 
     Each gender weighs half and each speaker equally within it, as in training's
     calibration. The report's figures are in-sample (fitted and scored on the
     same clips), so they show what moved, not what a new clip will see.
+    ``skipped`` counts the clips the caller could not use, for the report.
     """
-    kept = [i for i, w in enumerate(waves) if w is not None]
-    genders = {clips[i].gender for i in kept}
-    if genders != {"female", "male"}:
-        have = ", ".join(sorted(genders)) or "none"
-        raise InvalidDataset(f"calibration needs readable clips of both genders; got {len(kept)} clip(s) of: {have}")
-    log_odds, is_female = file_log_odds(bundle, clips, waves, kept)
-    speakers = [clips[i].speaker for i in kept]
+    log_odds, is_female = np.asarray(log_odds, float), np.asarray(is_female, bool)
+    if not (is_female.any() and (~is_female).any()):
+        have = "female" if is_female.any() else "male" if len(is_female) else "none"
+        raise InvalidDataset(f"calibration needs labelled clips of both genders; got {len(is_female)} usable clip(s) of: {have}")
     weights = speaker_balanced_weights(speakers, is_female)
     auc = weighted_auc(log_odds, is_female, weights)
     if auc <= 0.5:
@@ -116,7 +129,7 @@ def recalibrate(
         "method": "platt (scale and bias)" if refit_scale else "bias only (scale kept)",
         "clips": n_clips,
         "speakers": n_speakers,
-        "unreadable_clips": len(clips) - len(kept),
+        "skipped_clips": skipped,
         "auc": auc,
         "before": {"calibration": asdict(bundle.calibration), **_scores(bundle.calibration, log_odds, is_female, weights, speakers)},
         "after": {"calibration": asdict(new), **_scores(new, log_odds, is_female, weights, speakers)},

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="refit a model's threshold on labelled clips of your own recordings (weights unchanged)")
-    p.add_argument("sources", nargs="+", type=Path, help="labelled clips: AudioMNIST, a manifest CSV or female/ male/ folders")
+    p.add_argument("sources", nargs="*", type=Path, help="labelled clips: AudioMNIST, a manifest CSV or female/ male/ folders")
+    p.add_argument("--job", action="append", default=[], metavar="JOB_ID", help="also the labelled clips of this finished job, as the service scored them (repeatable; no audio is decoded again)")
     p.add_argument("--out", type=Path, required=True, help="the recalibrated checkpoint to write")
     p.add_argument("--model", type=Path, help="checkpoint to start from (default: the starter model or VOICEGENDER_MODEL_PATH)")
     p.add_argument("--refit-scale", action="store_true", help="fit the Platt scale too, not only the bias (for a few hundred clips or more)")
@@ -169,23 +170,33 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    import numpy as np
+
     from classifier.model import load_checkpoint, save_checkpoint
-    from training.calibrate import recalibrate
+    from training.calibrate import recalibrate, score_labelled_clips
     from training.data import load_waveforms
     from training.sources import read_source
 
+    if not args.sources and not args.job:
+        raise ValueError("calibrate needs labelled clips: a SOURCE (AudioMNIST, manifest CSV, female/ male/ folders) or --job JOB_ID")
     services = None
-    if args.register:
+    if args.register or args.job:
         from voicegender.bootstrap import build_services
 
         services = build_services(settings)
     bundle = load_checkpoint(args.model or (_active_model_path(services) if services else settings.model_path))
     clips = [c for s in args.sources for c in read_source(s)]
-    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
+    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir) if clips else []
+    log_odds, is_female, speakers = score_labelled_clips(bundle, clips, waves) if clips else (np.zeros(0), np.zeros(0, bool), [])
+    skipped = sum(w is None for w in waves)
+    for job_id in args.job:
+        z, f, spk, n_skipped = _job_scores(services, job_id, bundle.version)
+        log_odds, is_female, speakers, skipped = np.concatenate([log_odds, z]), np.concatenate([is_female, f]), speakers + spk, skipped + n_skipped
+    source = " ".join([*map(str, args.sources), *(f"job {j}" for j in args.job)])
     # CalibrationRefused is a ValueError: main() prints it as a named error, exit 2.
-    new, report = recalibrate(bundle, clips, waves, refit_scale=args.refit_scale, version=args.version, source=" ".join(map(str, args.sources)))
+    new, report = recalibrate(bundle, log_odds, is_female, speakers, refit_scale=args.refit_scale, version=args.version, source=source, skipped=skipped)
     save_checkpoint(new, args.out)
-    if services:
+    if args.register:
         _register_candidate(services, args.out, parent_version=bundle.version)
     for w in report["warnings"]:
         log.warning("%s", w)
@@ -197,6 +208,31 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _job_scores(services, job_id: str, model_version: str):
+    """Raw log-odds, truth and speakers of a job's labelled clips that ``model_version`` scored.
+
+    Log-odds from another model (the job ran before a promotion) would fit this
+    model's threshold to that model's scale: those clips are skipped and counted.
+    """
+    import numpy as np
+
+    from db.jobs import labelled_clip_scores
+
+    with services.sessions() as s:
+        rows = labelled_clip_scores(s, job_id)
+    if rows is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    usable = [r for r in rows if r["log_odds"] is not None and r["model_version"] == model_version]
+    others = sorted({r["model_version"] for r in rows if r["log_odds"] is not None and r["model_version"] != model_version})
+    if others:
+        log.warning("job %s: %d labelled clip(s) were scored by %s, not %s: skipped", job_id, len(rows) - len(usable), ", ".join(others), model_version)
+    z = np.array([r["log_odds"] for r in usable], float)
+    f = np.array([r["label"] == "female" for r in usable], bool)
+    # A clip without a speaker counts as a speaker of its own, as loose files do in training.
+    spk = [r["speaker"] or f"{job_id}:{r['path']}" for r in usable]
+    return z, f, spk, len(rows) - len(usable)
 
 
 def _active_model_path(services) -> Path:

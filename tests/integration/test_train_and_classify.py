@@ -202,3 +202,34 @@ def test_calibrate_registers_a_candidate_that_promote_activates(trained_run, syn
     models = registry()
     assert models["synthetic-1-cal"]["status"] == "active" and models["synthetic-1"]["status"] == "retired"
     assert models[second]["status"] == "candidate" and models[second]["parent_version"] == "synthetic-1-cal"
+
+
+def test_calibrate_from_a_labelled_job_uses_the_scores_the_service_stored(trained_run, synthetic_audiomnist, service_env, voicegender, tmp_path):
+    """A job on a real (embedded) worker, then ``calibrate --job``: the same threshold as from the files,
+    and clips scored by another model version are not fitted."""
+    import shutil
+
+    split = json.loads((trained_run / "split.json").read_text())
+    folder = tmp_path / "in"
+    for speaker in split["train_speakers"]:
+        number = speaker.removeprefix("audiomnist_")
+        shutil.copytree(synthetic_audiomnist / number, folder / number)
+    shutil.copy(synthetic_audiomnist / "audioMNIST_meta.txt", folder)
+    n_clips = len(list(folder.rglob("*.wav")))
+    env = service_env(model_path=trained_run / "model.pt")
+    status = json.loads(voicegender(env, "submit", str(folder), "--wait", "--json").stdout.strip().splitlines()[-1])
+    assert (status["state"], status["label_source"], status["done"]) == ("done", "audiomnist", n_clips)
+
+    from_job = json.loads(voicegender(env, "calibrate", "--job", status["id"], "--out", str(tmp_path / "job.pt"), "--register", "--version", "synthetic-1-job").stdout)
+    assert sum(from_job["clips"].values()) == n_clips and from_job["source"] == f"job {status['id']}"
+    from_files = json.loads(run_cli("calibrate", str(folder), "--model", str(trained_run / "model.pt"), "--out", str(tmp_path / "files.pt")).stdout)
+    assert from_files["clips"] == from_job["clips"] and from_files["speakers"] == from_job["speakers"]
+    assert from_job["after"]["threshold_log_odds"] == pytest.approx(from_files["after"]["threshold_log_odds"], abs=0.05)
+
+    voicegender(env, "promote", "synthetic-1-job")
+    stale = voicegender(env, "calibrate", "--job", status["id"], "--out", str(tmp_path / "stale.pt"), check=False)
+    assert stale.returncode == 2
+    assert f"{n_clips} labelled clip(s) were scored by synthetic-1, not synthetic-1-job: skipped" in stale.stderr
+    assert "got 0 usable clip(s)" in stale.stderr.strip().splitlines()[-1] and not (tmp_path / "stale.pt").exists()
+    missing = voicegender(env, "calibrate", "--job", "no-such-job", "--out", str(tmp_path / "none.pt"), check=False)
+    assert missing.returncode == 2 and "no-such-job" in missing.stderr.strip().splitlines()[-1]
