@@ -77,10 +77,10 @@ def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarra
     }
 
 
-def score_labelled_clips(bundle: ModelBundle, clips: list[LabelledClip], waves: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def score_labelled_clips(bundle: ModelBundle, clips: list[LabelledClip], waves: list, *, progress=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Raw file log-odds, truth and speaker of every decoded clip (``waves``: None = unreadable, skipped)."""
     kept = [i for i, w in enumerate(waves) if w is not None]
-    log_odds, is_female = file_log_odds(bundle, clips, waves, kept)
+    log_odds, is_female = file_log_odds(bundle, clips, waves, kept, progress=progress)
     return log_odds, is_female, [clips[i].speaker for i in kept]
 
 

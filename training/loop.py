@@ -156,13 +156,19 @@ def reestimate_batchnorm(model, sampler: BalancedCropSampler, features: FeatureC
     model.eval()
 
 
-def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Uncalibrated per-file log-odds of "female", exactly as ``classify`` combines windows."""
+def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int], *, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated per-file log-odds of "female", exactly as ``classify`` combines windows.
+
+    ``progress(n)`` is called after every batch with the number of files it held.
+    """
     clf = Classifier(bundle, explain=False, bf16=False)
     prepared = [prepare_waveform(str(clips[i].path), waves[i], bundle) for i in indices if waves[i] is not None]
     results = []
     for start in range(0, len(prepared), 32):
-        results.extend(clf.classify_prepared(prepared[start : start + 32]))
+        batch = clf.classify_prepared(prepared[start : start + 32])
+        results.extend(batch)
+        if progress:
+            progress(len(batch))
     truth = [clips[i].gender == "female" for i in indices if waves[i] is not None]
     return np.array([r.log_odds for r in results]), np.array(truth)
 

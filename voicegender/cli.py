@@ -186,8 +186,14 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         services = build_services(settings)
     bundle = load_checkpoint(args.model or (_active_model_path(services) if services else settings.model_path))
     clips = [c for s in args.sources for c in read_source(s)]
-    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir) if clips else []
-    log_odds, is_female, speakers = score_labelled_clips(bundle, clips, waves) if clips else (np.zeros(0), np.zeros(0, bool), [])
+    log_odds, is_female, speakers, waves = np.zeros(0), np.zeros(0, bool), [], []
+    if clips:
+        from tqdm import tqdm
+
+        with tqdm(total=len(clips), desc="decoding", unit="file", file=sys.stderr, disable=len(clips) < 20 or None) as bar:
+            waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir, progress=bar.update)
+        with tqdm(total=sum(w is not None for w in waves), desc="scoring", unit="file", file=sys.stderr, disable=len(clips) < 20 or None) as bar:
+            log_odds, is_female, speakers = score_labelled_clips(bundle, clips, waves, progress=bar.update)
     skipped = sum(w is None for w in waves)
     for job_id in args.job:
         z, f, spk, n_skipped = _job_scores(services, job_id, bundle.version)
