@@ -55,10 +55,13 @@ def fit_bias(log_odds: np.ndarray, is_female: np.ndarray, weights: np.ndarray, *
 
 def weighted_auc(scores: np.ndarray, is_female: np.ndarray, weights: np.ndarray) -> float:
     """Probability that a random woman scores above a random man, clips weighted (ties count half)."""
-    f, m = is_female, ~is_female
-    sf, wf, sm, wm = scores[f], weights[f], scores[m], weights[m]
-    above = (sf[:, None] > sm[None, :]) + 0.5 * (sf[:, None] == sm[None, :])
-    return float(min(1.0, wf @ above @ wm / (wf.sum() * wm.sum())))  # min: rounding can pass 1
+    sf, wf = scores[is_female], weights[is_female]
+    order = np.argsort(scores[~is_female])
+    sm, cum = scores[~is_female][order], np.concatenate([[0.0], np.cumsum(weights[~is_female][order])])
+    # Sorted men and cumulative weights, not a women x men matrix: a big job has thousands of each.
+    below, up_to = cum[np.searchsorted(sm, sf, side="left")], cum[np.searchsorted(sm, sf, side="right")]
+    auc = wf @ (below + 0.5 * (up_to - below)) / (wf.sum() * cum[-1])
+    return float(min(1.0, auc))  # min: rounding can pass 1
 
 
 def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarray, weights: np.ndarray, speakers: list[str]) -> dict:
