@@ -236,6 +236,6 @@ def labelled_clip_scores(session: Session, job_id: str) -> list[dict[str, Any]] 
         select(Clip).where(Clip.job_id == job_id, Clip.label.is_not(None)).order_by(Clip.position)
     )
     return [
-        {"path": c.path, "label": c.label, "speaker": c.speaker, "log_odds": c.log_odds, "model_version": c.model_version, "error": c.error}
+        {"path": c.path, "label": c.label, "speaker": c.speaker, "log_odds": c.log_odds, "model_version": c.model_version}
         for c in clips
     ]

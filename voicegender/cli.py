@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="*", type=Path, help="labelled clips: AudioMNIST, a manifest CSV or female/ male/ folders")
     p.add_argument("--job", action="append", default=[], metavar="JOB_ID", help="also the labelled clips of this finished job, as the service scored them (repeatable; no audio is decoded again)")
     p.add_argument("--out", type=Path, required=True, help="the recalibrated checkpoint to write")
-    p.add_argument("--model", type=Path, help="checkpoint to start from (default: the starter model or VOICEGENDER_MODEL_PATH)")
+    p.add_argument("--model", type=Path, help="checkpoint to start from (default: the registry's active model with --job or --register, else the starter model or VOICEGENDER_MODEL_PATH)")
     p.add_argument("--refit-scale", action="store_true", help="fit the Platt scale too, not only the bias (for a few hundred clips or more)")
     p.add_argument("--version", default=None, help="version of the new checkpoint (default: the old one + '+cal-' and a timestamp)")
     p.add_argument("--register", action="store_true", help="add it to the service's model registry as a candidate (then: voicegender promote VERSION)")
@@ -173,9 +173,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
     from classifier.model import load_checkpoint, save_checkpoint
-    from training.calibrate import recalibrate, score_labelled_clips
-    from training.data import load_waveforms
-    from training.sources import read_source
+    from training.calibrate import recalibrate
 
     if not args.sources and not args.job:
         raise ValueError("calibrate needs labelled clips: a SOURCE (AudioMNIST, manifest CSV, female/ male/ folders) or --job JOB_ID")
@@ -185,16 +183,7 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
         services = build_services(settings)
     bundle = load_checkpoint(args.model or (_active_model_path(services) if services else settings.model_path))
-    clips = [c for s in args.sources for c in read_source(s)]
-    log_odds, is_female, speakers, waves = np.zeros(0), np.zeros(0, bool), [], []
-    if clips:
-        from tqdm import tqdm
-
-        with tqdm(total=len(clips), desc="decoding", unit="file", file=sys.stderr, disable=len(clips) < 20 or None) as bar:
-            waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir, progress=bar.update)
-        with tqdm(total=sum(w is not None for w in waves), desc="scoring", unit="file", file=sys.stderr, disable=len(clips) < 20 or None) as bar:
-            log_odds, is_female, speakers = score_labelled_clips(bundle, clips, waves, progress=bar.update)
-    skipped = sum(w is None for w in waves)
+    log_odds, is_female, speakers, skipped = _source_scores(args.sources, bundle, cache_dir=args.cache_dir)
     for job_id in args.job:
         z, f, spk, n_skipped = _job_scores(services, job_id, bundle.version)
         log_odds, is_female, speakers, skipped = np.concatenate([log_odds, z]), np.concatenate([is_female, f]), speakers + spk, skipped + n_skipped
@@ -214,6 +203,26 @@ def cmd_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _source_scores(sources: list[Path], bundle, *, cache_dir: Path | None):
+    """Raw log-odds, truth and speakers of labelled recordings on disk, and how many could not be decoded."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from training.calibrate import score_labelled_clips
+    from training.data import load_waveforms
+    from training.sources import read_source
+
+    clips = [c for s in sources for c in read_source(s)]
+    if not clips:
+        return np.zeros(0), np.zeros(0, bool), [], 0
+    quiet = len(clips) < 20 or None  # None: tqdm shows bars only on a terminal
+    with tqdm(total=len(clips), desc="decoding", unit="file", file=sys.stderr, disable=quiet) as bar:
+        waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=cache_dir, progress=bar.update)
+    with tqdm(total=sum(w is not None for w in waves), desc="scoring", unit="file", file=sys.stderr, disable=quiet) as bar:
+        log_odds, is_female, speakers = score_labelled_clips(bundle, clips, waves, progress=bar.update)
+    return log_odds, is_female, speakers, sum(w is None for w in waves)
 
 
 def _job_scores(services, job_id: str, model_version: str):
