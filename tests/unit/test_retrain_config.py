@@ -8,7 +8,7 @@ from worker.retrain import _train_config
 
 def test_a_retrain_uses_the_shipped_models_pitch_shift_by_default(tmp_path):
     cfg = _train_config(Settings(data_dir=tmp_path), {})
-    # models/MODEL_CARD.md: starter-5 was trained with --pitch-shift 0.4 --pitch-both-ways --spec-mask 0.5, no shelf.
+    # models/MODEL_CARD.md: starter-6 (like starter-5) was trained with --pitch-shift 0.4 --pitch-both-ways --spec-mask 0.5, no shelf.
     assert cfg.pitch_shift_prob == 0.4 and cfg.pitch_both_ways and cfg.augment
     assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0
 
