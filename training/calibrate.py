@@ -64,17 +64,13 @@ def weighted_auc(scores: np.ndarray, is_female: np.ndarray, weights: np.ndarray)
     return float(min(1.0, auc))  # min: rounding can pass 1
 
 
-def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarray, weights: np.ndarray, speakers: list[str]) -> dict:
+def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarray, weights: np.ndarray) -> dict:
     p = calibration.p_female(torch.from_numpy(log_odds)).numpy()
     right = (p >= 0.5) == is_female
-    by_speaker: dict[str, list[bool]] = {}
-    for s, ok in zip(speakers, right):
-        by_speaker.setdefault(s, []).append(bool(ok))
-    gender_of = dict(zip(speakers, is_female))
-    per_gender = [np.mean([np.mean(v) for s, v in by_speaker.items() if gender_of[s] == g]) for g in (True, False)]
     return {
         "balanced_accuracy": float((right[is_female].mean() + right[~is_female].mean()) / 2),
-        "speaker_balanced_accuracy": float(np.mean(per_gender)),
+        # Under speaker-balanced weights (sum 1) the weighted accuracy is the speaker-balanced one.
+        "speaker_balanced_accuracy": float(weights @ right),
         "ece": expected_calibration_error(p, is_female, weights=weights),
         "threshold_log_odds": float(-calibration.bias / calibration.scale),
     }
@@ -134,8 +130,8 @@ def recalibrate(
         "speakers": n_speakers,
         "skipped_clips": skipped,
         "auc": auc,
-        "before": {"calibration": asdict(bundle.calibration), **_scores(bundle.calibration, log_odds, is_female, weights, speakers)},
-        "after": {"calibration": asdict(new), **_scores(new, log_odds, is_female, weights, speakers)},
+        "before": {"calibration": asdict(bundle.calibration), **_scores(bundle.calibration, log_odds, is_female, weights)},
+        "after": {"calibration": asdict(new), **_scores(new, log_odds, is_female, weights)},
         "in_sample": True,
         "warnings": warnings,
     }

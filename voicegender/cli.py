@@ -239,10 +239,11 @@ def _job_scores(services, job_id: str, model_version: str):
         rows = labelled_clip_scores(s, job_id)
     if rows is None:
         raise JobNotFound(f"no job {job_id!r}")
-    usable = [r for r in rows if r["log_odds"] is not None and r["model_version"] == model_version]
-    others = sorted({r["model_version"] for r in rows if r["log_odds"] is not None and r["model_version"] != model_version})
-    if others:
-        log.warning("job %s: %d labelled clip(s) were scored by %s, not %s: skipped", job_id, len(rows) - len(usable), ", ".join(others), model_version)
+    scored = [r for r in rows if r["log_odds"] is not None]  # failed clips have no score
+    usable = [r for r in scored if r["model_version"] == model_version]
+    if len(usable) < len(scored):
+        others = ", ".join(sorted({r["model_version"] for r in scored} - {model_version}))
+        log.warning("job %s: %d labelled clip(s) were scored by %s, not %s: skipped", job_id, len(scored) - len(usable), others, model_version)
     z = np.array([r["log_odds"] for r in usable], float)
     f = np.array([r["label"] == "female" for r in usable], bool)
     # A clip without a speaker counts as a speaker of its own, as loose files do in training.
