@@ -321,18 +321,21 @@ def _short(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
-def split_windows(y: np.ndarray, *, window: int, hop: int) -> np.ndarray:
-    """Cut ``y`` into overlapping windows; short clips are zero-padded.
+def split_windows(y: np.ndarray, *, window: int, hop: int, fill: str = "zeros") -> np.ndarray:
+    """Cut ``y`` into overlapping windows; short clips are padded (``fill``).
 
     Parameters
     ----------
     y : np.ndarray [shape=(n,)]
     window, hop : in samples.
+    fill : how a clip shorter than ``window`` fills it: ``"zeros"`` or
+        ``"loop"`` (the clip repeated from its start; ``FeatureConfig.short_fill``).
 
     Returns
     -------
     np.ndarray [shape=(n_windows, window)]
-        A clip shorter than ``window`` becomes one window, centred in zeros.
+        A clip shorter than ``window`` becomes one window, centred in zeros
+        or looped.
         Longer clips get windows every ``hop`` samples, the last one aligned
         with the end so the tail is never dropped.
     """
@@ -341,7 +344,11 @@ def split_windows(y: np.ndarray, *, window: int, hop: int) -> np.ndarray:
     if not 1 <= hop <= window:
         # hop > window would skip the samples between windows.
         raise ValueError(f"need 1 <= hop <= window, got window={window}, hop={hop}")
+    if fill not in ("zeros", "loop"):
+        raise ValueError(f"fill must be zeros or loop, got {fill!r}")
     if len(y) <= window:
+        if fill == "loop" and len(y):
+            return loop_to_length(y, window)[None]
         out = np.zeros((1, window), dtype=np.float32)
         start = (window - len(y)) // 2
         out[0, start : start + len(y)] = y
@@ -350,6 +357,12 @@ def split_windows(y: np.ndarray, *, window: int, hop: int) -> np.ndarray:
     if starts[-1] + window < len(y):
         starts.append(len(y) - window)
     return np.stack([y[s : s + window] for s in starts]).astype(np.float32, copy=False)
+
+
+def loop_to_length(y: np.ndarray, length: int, *, start: int = 0) -> np.ndarray:
+    """``y`` repeated end to start, read from ``start``, ``length`` samples long (float32)."""
+    reps = -(-(start + length) // len(y))  # ceil
+    return np.tile(np.asarray(y, dtype=np.float32), reps)[start : start + length]
 
 
 def speech_mask(windows: np.ndarray, *, floor_db: float = -55.0, below_loudest_db: float = 25.0) -> np.ndarray:

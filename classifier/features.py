@@ -17,6 +17,7 @@ import torch
 
 FeatureKind = Literal["mfcc", "logmel"]
 BandNorm = Literal["none", "lows", "all"]
+ShortFill = Literal["zeros", "loop"]
 AMIN = 1e-10  # librosa.power_to_db's floor
 TOP_DB = 80.0  # librosa.power_to_db's default dynamic range
 
@@ -44,6 +45,10 @@ class FeatureConfig:
     # every band's mean over the window's frames (cepstral mean normalisation).
     band_norm: BandNorm = "none"
     band_norm_hz: float = 400.0
+    # How a clip shorter than one window fills it: "zeros" centres it in
+    # silence; "loop" repeats it, so a short word looks like the continuous
+    # speech most training windows hold (classifier/audio.py:split_windows).
+    short_fill: ShortFill = "zeros"
 
     @property
     def n_fft(self) -> int:

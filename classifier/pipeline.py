@@ -50,7 +50,7 @@ class PreparedClip:
 def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle) -> PreparedClip:
     """Window a decoded waveform and keep only the windows that hold speech."""
     cfg = bundle.features
-    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples)
+    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=cfg.short_fill)
     return PreparedClip(path=path, duration_s=len(y) / cfg.sample_rate, windows=windows[speech_mask(windows)])
 
 

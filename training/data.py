@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifier.audio import load_audio
+from classifier.audio import load_audio, loop_to_length
 from classifier.errors import InvalidAudio
 from training.sources import LabelledClip
 
@@ -71,6 +71,10 @@ class BalancedCropSampler:
     in silence, as ``split_windows`` pads a short clip at inference. Without
     it the only short padded examples are a few digit and prompt voices, and
     their corpus, not the voice, decides the answer on other short clips.
+
+    ``fill`` is the features' ``short_fill``: a clip (or short excerpt)
+    shorter than the window is set in silence (``"zeros"``) or repeated from
+    a random point (``"loop"``), as ``split_windows`` will fill it at inference.
     """
 
     def __init__(
@@ -83,9 +87,13 @@ class BalancedCropSampler:
         seed: int,
         short_prob: float = 0.0,
         short_fraction: tuple[float, float] = (0.25, 0.8),
+        fill: str = "zeros",
     ):
         if not 0.0 <= short_prob <= 1.0:
             raise ValueError(f"short_prob must be in [0, 1], got {short_prob}")
+        if fill not in ("zeros", "loop"):
+            raise ValueError(f"fill must be zeros or loop, got {fill!r}")
+        self.fill = fill
         self.waves = waves
         self.window = window
         self.short_prob = short_prob
@@ -131,10 +139,7 @@ class BalancedCropSampler:
 
     def _crop(self, y: np.ndarray, length: int) -> np.ndarray:
         if len(y) <= length:
-            out = np.zeros(length, dtype=np.float32)
-            start = self.rng.integers(length - len(y) + 1)
-            out[start : start + len(y)] = y
-            return out
+            return self._fill(y, length)
         # Try a few offsets and keep the loudest: long readings have pauses.
         best, best_rms = None, -1.0
         for _ in range(3):
@@ -159,9 +164,15 @@ class BalancedCropSampler:
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
             piece[:fade] *= ramp
             piece[-fade:] *= ramp[::-1]
+        return self._fill(piece, length)
+
+    def _fill(self, y: np.ndarray, length: int) -> np.ndarray:
+        """A clip no longer than ``length`` at a random place in silence, or looped from a random point."""
+        if self.fill == "loop":
+            return loop_to_length(y, length, start=int(self.rng.integers(len(y))))
         out = np.zeros(length, dtype=np.float32)
-        start = self.rng.integers(length - len(piece) + 1)
-        out[start : start + len(piece)] = piece
+        start = self.rng.integers(length - len(y) + 1)
+        out[start : start + len(y)] = y
         return out
 
 

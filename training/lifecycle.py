@@ -137,9 +137,10 @@ def promotion_decision(*, candidate_bacc: float, active_bacc: float, margin: flo
 def train_candidate(
     clips: list[LabelledClip], split: Split, *, feature_kind: str, cfg: TrainConfig, version: str, out_dir: Path,
     cache_dir: Path | None, progress: Callable[[int, float], None] | None = None, band_norm: str = "none",
+    short_fill: str = "zeros",
 ) -> Candidate:
     """Train on ``split.train`` (curve and calibration on ``split.val``), evaluate on ``split.test``."""
-    features = feature_config_for(feature_kind, band_norm)
+    features = feature_config_for(feature_kind, band_norm, short_fill)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     bundle, val_metrics = train_split(clips, waves, split, features, cfg, version=version, progress=progress)
     held_out_metrics = evaluate(bundle, clips, waves, split.test)

@@ -103,7 +103,7 @@ def train_split(
     """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0)
+    sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill)
     model = build_model(features.n_bins)
     model.set_standardization(*measure_standardization(sampler, features))
     model = model.to(memory_format=torch.channels_last).train()

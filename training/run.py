@@ -26,14 +26,14 @@ class RunResult:
     features: dict = field(default_factory=dict)
 
 
-def feature_config_for(kind: str, band_norm: str = "none") -> FeatureConfig:
+def feature_config_for(kind: str, band_norm: str = "none", short_fill: str = "zeros") -> FeatureConfig:
     """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter model's features."""
     if kind == "mfcc":
-        return replace(seed_mfcc_config(48_000), band_norm=band_norm)
+        return replace(seed_mfcc_config(48_000), band_norm=band_norm, short_fill=short_fill)
     if kind == "logmel":
         # 8 kHz keeps every corpus in one band (telephone to studio), and a 64 ms
         # frame resolves the harmonics of low voices; see models/MODEL_CARD.md.
-        return replace(logmel_config(sample_rate=8_000, n_mels=48), frame_s=0.064, fmax=4000.0, band_norm=band_norm)
+        return replace(logmel_config(sample_rate=8_000, n_mels=48), frame_s=0.064, fmax=4000.0, band_norm=band_norm, short_fill=short_fill)
     raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
 
 
@@ -66,6 +66,7 @@ def run_training(
     *,
     feature_kind: str = "logmel",
     band_norm: str = "none",
+    short_fill: str = "zeros",
     split_kind: str = "speaker",
     val_fraction: float = 0.15,
     cfg: TrainConfig,
@@ -76,7 +77,7 @@ def run_training(
 ) -> RunResult:
     """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics."""
     clips = [c for s in sources for c in read_source(s)]
-    features = feature_config_for(feature_kind, band_norm)
+    features = feature_config_for(feature_kind, band_norm, short_fill)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)

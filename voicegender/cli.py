@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, split.json")
     p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
     p.add_argument("--band-norm", choices=("none", "lows", "all"), default="none", help="remove each window's long-term level of the bands below 400 Hz (lows) or of every band (all), so a channel's bass cannot decide (default none; see models/MODEL_CARD.md)")
+    p.add_argument("--short-fill", choices=("zeros", "loop"), default="zeros", help="how a clip shorter than the 1 s window fills it, in training and at inference: centred in silence (zeros) or repeated (loop); stored in the checkpoint (default zeros)")
     p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips", "corpus"), default="speaker")
     p.add_argument("--holdout-corpus", action="append", default=[], metavar="NAME", help="with --split corpus: validate on this whole corpus (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.15)
@@ -157,7 +158,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
         return update
 
-    result = run_training(args.sources, args.out, feature_kind=args.features, band_norm=args.band_norm, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus)
+    result = run_training(args.sources, args.out, feature_kind=args.features, band_norm=args.band_norm, short_fill=args.short_fill, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus)
     s = result.summary
     print(f"balanced accuracy {s['balanced_accuracy']['mean']:.4f} +- {s['balanced_accuracy']['std']:.4f} over {s['folds']} split(s)" + (" (speakers shared between train and validation)" if s["speaker_overlap"] else ""))
     for ckpt in result.checkpoints:

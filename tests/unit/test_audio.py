@@ -18,6 +18,7 @@ from classifier.audio import (
     load_audio,
     speech_mask,
     split_windows,
+    loop_to_length,
 )
 from classifier.errors import (
     EmptyFile,
@@ -394,6 +395,25 @@ def test_short_clip_is_centred_in_one_window():
     windows = split_windows(y, window=8, hop=4)
     assert windows.shape == (1, 8) and windows.dtype == np.float32
     np.testing.assert_array_equal(windows[0], [0, 0, 1, 2, 3, 0, 0, 0])
+
+
+def test_short_clip_can_be_looped_to_fill_its_window():
+    y = np.arange(1, 4, dtype=np.float32)
+    windows = split_windows(y, window=8, hop=4, fill="loop")
+    assert windows.shape == (1, 8) and windows.dtype == np.float32
+    np.testing.assert_array_equal(windows[0], [1, 2, 3, 1, 2, 3, 1, 2])
+    long = np.arange(2_300, dtype=np.float32)  # only clips under a window are filled
+    np.testing.assert_array_equal(split_windows(long, window=1_000, hop=500, fill="loop"), split_windows(long, window=1_000, hop=500))
+    with pytest.raises(ValueError, match="fill must be zeros or loop, got 'mirror'"):
+        split_windows(y, window=8, hop=4, fill="mirror")
+
+
+def test_loop_to_length_reads_from_any_start():
+    y = np.arange(3, dtype=np.float64)
+    out = loop_to_length(y, 7, start=2)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [2, 0, 1, 2, 0, 1, 2])
+    np.testing.assert_array_equal(loop_to_length(y, 2, start=1), [1, 2])
 
 
 def test_clip_of_exactly_one_window():

@@ -91,9 +91,10 @@ def test_config_round_trips_through_dict():
     assert cfg.n_bins == 48 and seed_mfcc_config().n_bins == 12
 
 
-def test_checkpoints_from_before_band_norm_load_without_it():
-    old = {k: v for k, v in logmel_config().to_dict().items() if not k.startswith("band_norm")}
-    assert FeatureConfig.from_dict(old).band_norm == "none"
+def test_checkpoints_from_before_band_norm_and_short_fill_load_without_them():
+    old = {k: v for k, v in logmel_config().to_dict().items() if not k.startswith(("band_norm", "short_fill"))}
+    cfg = FeatureConfig.from_dict(old)
+    assert cfg.band_norm == "none" and cfg.short_fill == "zeros"  # what those checkpoints were trained with
 
 
 def _bass_and_mids(bass_gain: float, sr: int = 8_000) -> torch.Tensor:

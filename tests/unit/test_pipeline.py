@@ -1,4 +1,6 @@
 """The batch pipeline: windows vote per file, bad files stay local, GradCAM per file."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -27,6 +29,19 @@ def test_short_clip_is_one_padded_window(bundle):
     clip = prepare_waveform("a", _tone(0.4), bundle)
     assert clip.windows.shape == (1, SR)
     assert clip.duration_s == pytest.approx(0.4)
+
+
+def test_the_checkpoints_short_fill_decides_how_a_short_file_is_filled(bundle, tmp_path):
+    """A file under one window is looped, not padded, when the checkpoint says so, from the file on disk too."""
+    looped = ModelBundle(model=bundle.model, features=replace(bundle.features, short_fill="loop"), version="loop")
+    y = _tone(0.4, 180.0)
+    sf.write(tmp_path / "short.wav", y, SR, subtype="FLOAT")
+    clip = Classifier(looped, explain=False).classify_files([tmp_path / "short.wav"])[0]
+    tiled = Classifier(looped, explain=False).classify_prepared([prepare_waveform("t", np.tile(y, 3)[:SR], bundle)])[0]
+    padded = Classifier(bundle, explain=False).classify_prepared([prepare_waveform("p", y, bundle)])[0]
+    assert clip.windows == 1 and clip.duration_s == pytest.approx(0.4)
+    assert clip.log_odds == pytest.approx(tiled.log_odds, abs=1e-4)
+    assert abs(clip.log_odds - padded.log_odds) > 1e-3  # the fill does reach the model
 
 
 def test_long_file_windows_and_silence_does_not_vote(bundle):

@@ -29,9 +29,9 @@ def test_an_unknown_option_and_a_share_outside_0_1_are_refused(tmp_path):
         Settings(data_dir=tmp_path, retrain_spec_mask=-0.1)
 
 
-def test_a_candidate_is_trained_and_stored_with_the_configured_band_norm(tmp_path, synthetic_audiomnist):
-    """A candidate is trained with, and stores, the band_norm the retrain passes it
-    (worker/retrain.py passes VOICEGENDER_RETRAIN_BAND_NORM); the checkpoint alone decides preprocessing."""
+def test_a_candidate_is_trained_and_stored_with_the_configured_features(tmp_path, synthetic_audiomnist):
+    """A candidate is trained with, and stores, the band_norm and short_fill the retrain passes it
+    (worker/retrain.py passes VOICEGENDER_RETRAIN_BAND_NORM and _SHORT_FILL); the checkpoint alone decides preprocessing."""
     from classifier.model import load_checkpoint
     from training.lifecycle import retrain_split, train_candidate
     from training.sources import read_source
@@ -39,12 +39,15 @@ def test_a_candidate_is_trained_and_stored_with_the_configured_band_norm(tmp_pat
     sources = read_source(synthetic_audiomnist)
     held_out = [next(c.speaker for c in sources if c.gender == g) for g in ("female", "male")]
     clips, split = retrain_split(sources, [], held_out, val_fraction=0.2, seed=0)
-    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
+    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_short_fill="loop", retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
     candidate = train_candidate(
-        clips, split, feature_kind="logmel", band_norm=settings.retrain_band_norm, cfg=_train_config(settings, {}),
+        clips, split, feature_kind="logmel", band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, cfg=_train_config(settings, {}),
         version="c1", out_dir=tmp_path / "c1", cache_dir=None,
     )
-    assert load_checkpoint(candidate.checkpoint).features.band_norm == "all"
+    features = load_checkpoint(candidate.checkpoint).features
+    assert features.band_norm == "all" and features.short_fill == "loop"
     assert candidate.held_out_metrics["n"] == sum(c.speaker in held_out for c in clips)
     with pytest.raises(ValidationError, match="retrain_band_norm"):
         Settings(data_dir=tmp_path, retrain_band_norm="treble")
+    with pytest.raises(ValidationError, match="retrain_short_fill"):
+        Settings(data_dir=tmp_path, retrain_short_fill="mirror")

@@ -158,6 +158,24 @@ def test_short_crops_are_short_excerpts_set_in_silence():
         BalancedCropSampler(clips, waves, [0], window=8000, seed=0, short_prob=1.5)
 
 
+def test_loop_fill_repeats_short_clips_and_excerpts_from_random_points():
+    """With fill="loop" no crop holds padding: a short clip, or a short excerpt, repeats to fill the window."""
+    clips = _clips(2, per_speaker=1)
+    waves = [np.arange(1, 3001, dtype=np.float32) for _ in clips]  # 0.375 s; the value tells the place
+    crops, _ = BalancedCropSampler(clips, waves, list(range(len(clips))), window=8000, seed=0, fill="loop").draw(100)
+    assert np.all(crops > 0)
+    for crop in crops:  # consecutive samples, wrapping from the clip's end to its start
+        np.testing.assert_array_equal(np.diff(crop) % 3000, np.ones(7999))
+    assert len({float(c[0]) for c in crops}) > 50  # from random points
+    zeros = BalancedCropSampler(clips, waves, list(range(len(clips))), window=8000, seed=0).draw(100)[0]
+    assert np.all((zeros != 0).sum(axis=1) == 3000)  # the default still sets it in silence
+    long = [np.full(24000, 0.5, np.float32) for _ in clips]
+    short = BalancedCropSampler(clips, long, list(range(len(clips))), window=8000, seed=0, short_prob=1.0, fill="loop").draw(100)[0]
+    assert np.all(short.max(axis=1) == 0.5) and (short == 0).mean() < 0.01  # looped excerpts: only their faded ends touch 0
+    with pytest.raises(ValueError, match="fill must be zeros or loop"):
+        BalancedCropSampler(clips, waves, [0], window=8000, seed=0, fill="edge")
+
+
 def test_augmentation_keeps_shape_and_is_seeded():
     y = torch.randn(8, 8000)
     a = augment_channel(y, sr=8000, generator=torch.Generator().manual_seed(0))
