@@ -88,7 +88,8 @@ def run_model_loop(job: LimitJob, wait_for_go) -> float:
 
 def _feature_batch(clf: Classifier, paths: list[Path]) -> torch.Tensor:
     """One production-size batch (batch_windows, F, T) of real windows, on the model's device."""
-    windows = np.concatenate([prepare_file(p, clf.bundle).windows for p in paths])
+    # Full windows only: a trimmed short clip's (short_fill "trim") is narrower and would not stack.
+    windows = np.concatenate([w for w in (prepare_file(p, clf.bundle).windows for p in paths) if w.shape[1] == clf.bundle.features.window_samples])
     reps = -(-clf.batch_windows // len(windows))
     batch = np.tile(windows, (reps, 1))[: clf.batch_windows]
     return compute_features(torch.from_numpy(batch).to(clf.device), clf.bundle.features)

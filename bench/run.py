@@ -82,7 +82,8 @@ def run_benchmark(opts: BenchOptions) -> dict:
 
 def _measure_features(paths: list[Path], bundle: ModelBundle, *, batch: int) -> dict:
     _say(f"features: batched vs librosa per clip, {len(paths)} clips, 1 thread")
-    windows = np.concatenate([prepare_file(p, bundle).windows for p in paths])
+    # Full windows only: a trimmed short clip's (short_fill "trim") is narrower and would not stack.
+    windows = np.concatenate([w for w in (prepare_file(p, bundle).windows for p in paths) if w.shape[1] == bundle.features.window_samples])
     seed = measure_features(windows, seed_mfcc_config(bundle.features.sample_rate), batch=batch)
     production = measure_features(windows, bundle.features, batch=batch)
     return {"seed_mfcc": seed, "production": production}

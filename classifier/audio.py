@@ -328,14 +328,15 @@ def split_windows(y: np.ndarray, *, window: int, hop: int, fill: str = "zeros") 
     ----------
     y : np.ndarray [shape=(n,)]
     window, hop : in samples.
-    fill : how a clip shorter than ``window`` fills it: ``"zeros"`` or
-        ``"loop"`` (the clip repeated from its start; ``FeatureConfig.short_fill``).
+    fill : how a clip shorter than ``window`` fills it: ``"zeros"``,
+        ``"loop"`` (the clip repeated from its start) or ``"trim"`` (it is not
+        filled: its one window is the clip itself); ``FeatureConfig.short_fill``.
 
     Returns
     -------
     np.ndarray [shape=(n_windows, window)]
         A clip shorter than ``window`` becomes one window, centred in zeros
-        or looped.
+        or looped; with ``"trim"`` that window is (1, len(y)).
         Longer clips get windows every ``hop`` samples, the last one aligned
         with the end so the tail is never dropped.
     """
@@ -344,9 +345,11 @@ def split_windows(y: np.ndarray, *, window: int, hop: int, fill: str = "zeros") 
     if not 1 <= hop <= window:
         # hop > window would skip the samples between windows.
         raise ValueError(f"need 1 <= hop <= window, got window={window}, hop={hop}")
-    if fill not in ("zeros", "loop"):
-        raise ValueError(f"fill must be zeros or loop, got {fill!r}")
+    if fill not in ("zeros", "loop", "trim"):
+        raise ValueError(f"fill must be zeros, loop or trim, got {fill!r}")
     if len(y) <= window:
+        if fill == "trim":
+            return np.asarray(y, dtype=np.float32)[None]
         if fill == "loop" and len(y):
             return loop_to_length(y, window)[None]
         out = np.zeros((1, window), dtype=np.float32)

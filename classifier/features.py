@@ -17,7 +17,7 @@ import torch
 
 FeatureKind = Literal["mfcc", "logmel"]
 BandNorm = Literal["none", "lows", "all"]
-ShortFill = Literal["zeros", "loop"]
+ShortFill = Literal["zeros", "loop", "trim"]
 AMIN = 1e-10  # librosa.power_to_db's floor
 TOP_DB = 80.0  # librosa.power_to_db's default dynamic range
 
@@ -47,7 +47,8 @@ class FeatureConfig:
     band_norm_hz: float = 400.0
     # How a clip shorter than one window fills it: "zeros" centres it in
     # silence; "loop" repeats it, so a short word looks like the continuous
-    # speech most training windows hold (classifier/audio.py:split_windows).
+    # speech most training windows hold; "trim" scores it at its own length,
+    # no padding, so silence cannot be a cue (classifier/audio.py:split_windows).
     short_fill: ShortFill = "zeros"
 
     @property

@@ -147,15 +147,26 @@ class Classifier:
     ) -> list[ClipResult]:
         """Score every voting window of the prepared clips at once, then combine per clip."""
         clips = [c for c in items if isinstance(c, PreparedClip)]
-        log_odds, cams = self.score_windows(np.concatenate([c.windows for c in clips]) if clips else None)
-        out, start = [], 0
-        for item in items:
-            if isinstance(item, ClipResult):
-                out.append(item)
-                continue
-            n = len(item.windows)
-            out.append(self._combine(item, log_odds[start : start + n], None if cams is None else cams[start : start + n], min_confidence))
-            start += n
+        scored = iter(self.score_clips([c.windows for c in clips]))
+        return [item if isinstance(item, ClipResult) else self._combine(item, *next(scored), min_confidence) for item in items]
+
+    def score_clips(self, clip_windows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Per clip, the log-odds (n,) and maps (n, F, T) of its windows (n, width).
+
+        Clips whose windows have one width share batches; a short clip under
+        ``short_fill="trim"`` has a narrower one window of its own.
+        """
+        by_width: dict[int, list[int]] = {}
+        for k, w in enumerate(clip_windows):
+            by_width.setdefault(w.shape[1], []).append(k)
+        out: list = [None] * len(clip_windows)
+        for ks in by_width.values():
+            log_odds, cams = self.score_windows(np.concatenate([clip_windows[k] for k in ks]))
+            start = 0
+            for k in ks:
+                n = len(clip_windows[k])
+                out[k] = (log_odds[start : start + n], None if cams is None else cams[start : start + n])
+                start += n
         return out
 
     def score_windows(self, windows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -207,6 +218,9 @@ class Classifier:
         if min_confidence is not None and max(p_female, 1 - p_female) < min_confidence:
             prediction = "uncertain"
         cam = None if cams is None else cams.mean(axis=0)
+        attention = None if cam is None else cam.mean(axis=-1)
+        if cam is not None and cam.shape[-1] < self.bundle.features.n_frames:
+            cam = centre_in_window(cam, self.bundle.features.n_frames)
         return ClipResult(
             path=clip.path,
             prediction=prediction,
@@ -214,9 +228,22 @@ class Classifier:
             duration_s=clip.duration_s,
             windows=len(log_odds),
             log_odds=mean_log_odds,
-            attention=None if cam is None else cam.mean(axis=-1),
+            attention=attention,
             cam=cam,
         )
+
+
+def centre_in_window(cam: np.ndarray, n_frames: int, *, fill: float = 0.0) -> np.ndarray:
+    """A trimmed clip's map (F, t) placed where its sound sits in a zero-filled window (F, n_frames).
+
+    Every clip's map then has one shape (a job's per-class mean maps add them),
+    and the frames that would be padding get no attention (``fill``; for
+    features, their floor).
+    """
+    out = np.full((*cam.shape[:-1], n_frames), fill, dtype=cam.dtype)
+    start = (n_frames - cam.shape[-1]) // 2
+    out[..., start : start + cam.shape[-1]] = cam
+    return out
 
 
 def _groups(items, size: int) -> Iterator:

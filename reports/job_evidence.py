@@ -28,7 +28,7 @@ from classifier.audio import load_audio
 from classifier.errors import InvalidAudio
 from classifier.faithfulness import DeletionDrops, DeletionResult, band_counts, deletion_drops
 from classifier.features import compute_features
-from classifier.pipeline import Classifier, prepare_waveform
+from classifier.pipeline import Classifier, centre_in_window, prepare_waveform
 from reports.attention import ClassMaps, read_job_cams, save_npz
 
 log = logging.getLogger(__name__)
@@ -140,14 +140,25 @@ def explain_examples(clf: Classifier, input_dir: Path, picked: list[tuple[str, d
             found.append((kind, clip, rec, windows[0]))
     if not found:
         return []
-    feats = compute_features(torch.from_numpy(np.stack([w for *_, w in found]).astype(np.float32)), bundle.features)  # (N, F, T)
-    logits, cams = clf.forward_features(feats.to(clf.device))
-    p_female = bundle.calibration.p_female((logits[:, 0] - logits[:, 1]).float().cpu())
+    explained: list = [None] * len(found)
+    # One batch per window width: under short_fill "trim" a short clip's one window is its own length.
+    by_width: dict[int, list[int]] = {}
+    for k, (*_, window) in enumerate(found):
+        by_width.setdefault(len(window), []).append(k)
+    n_frames = bundle.features.n_frames
+    for ks in by_width.values():
+        feats = compute_features(torch.from_numpy(np.stack([found[k][3] for k in ks]).astype(np.float32)), bundle.features)  # (N, F, T)
+        logits, cams = clf.forward_features(feats.to(clf.device))
+        p_female = bundle.calibration.p_female((logits[:, 0] - logits[:, 1]).float().cpu())
+        for j, k in enumerate(ks):
+            f, c = feats[j].numpy(), cams[j].float().cpu().numpy()
+            if f.shape[-1] < n_frames:  # drawn as the window a padded clip would fill
+                f, c = centre_in_window(f, n_frames, fill=float(f.min())), centre_in_window(c, n_frames)
+            explained[k] = (f, c, float(p_female[j]))
     examples = []
-    for k, (kind, clip, rec, _) in enumerate(found):
+    for (kind, clip, rec, _), (f, c, p) in zip(found, explained):
         uri, seconds = audio_data_uri(rec.y, rec.sr)
-        examples.append(ClipExample(kind=kind, clip=clip, features=feats[k].numpy(), cam=cams[k].float().cpu().numpy(),
-                                    window_p_female=float(p_female[k]), audio_uri=uri, audio_s=seconds))
+        examples.append(ClipExample(kind=kind, clip=clip, features=f, cam=c, window_p_female=p, audio_uri=uri, audio_s=seconds))
     return examples
 
 
@@ -174,7 +185,11 @@ def record_chunk_deletion(clf: Classifier, clip_windows: list[np.ndarray], folde
     windows = [w for ws in per_clip for w in ws]
     if not windows:
         return None
-    drops = faithfulness_drops(clf, np.stack(windows), seed=index)
+    # One call per window width (short_fill "trim" leaves a short clip's window its own length).
+    by_width: dict[int, list[np.ndarray]] = {}
+    for w in windows:
+        by_width.setdefault(len(w), []).append(w)
+    drops = DeletionDrops.concat([faithfulness_drops(clf, np.stack(ws), seed=index + 7919 * g) for g, ws in enumerate(by_width.values())])
     return save_npz(
         folder / f"deletion-{index:06d}.npz",
         ks=np.array(drops.ks), base=drops.base, top=drops.top, random=drops.random, clips=np.array(sum(len(ws) > 0 for ws in per_clip)),

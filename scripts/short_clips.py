@@ -6,7 +6,7 @@ has few short clips outside its telephone digits. This cuts short excerpts
 clips of a run (``split.json``'s ``val``) and scores them next to the whole
 clips, at the model's calibrated threshold and by ROC AUC, per corpus and
 gender. ``--fill`` scores the excerpts with a short-clip fill other than the
-checkpoint's (``zeros`` or ``loop``; an inference-only what-if). Usage:
+checkpoint's (``zeros``, ``loop`` or ``trim``; an inference-only what-if). Usage:
 
     python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--cache-dir DIR]
 """
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--corpus", action="append", default=[], help="only these corpora (repeatable; default all)")
     ap.add_argument("--length", type=float, default=0.6, help="excerpt length in seconds (default 0.6)")
     ap.add_argument("--per-clip", type=int, default=3, help="excerpts per clip (default 3)")
-    ap.add_argument("--fill", choices=("zeros", "loop"), help="score with this short-clip fill instead of the checkpoint's")
+    ap.add_argument("--fill", choices=("zeros", "loop", "trim"), help="score with this short-clip fill instead of the checkpoint's")
     ap.add_argument("--threshold", type=float, help="raw log-odds threshold (default: the model's calibrated p = 0.5)")
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)

@@ -75,6 +75,8 @@ class BalancedCropSampler:
     ``fill`` is the features' ``short_fill``: a clip (or short excerpt)
     shorter than the window is set in silence (``"zeros"``) or repeated from
     a random point (``"loop"``), as ``split_windows`` will fill it at inference.
+    Under ``"trim"`` it is set in silence too, but only up to the batch's
+    width (``training.loop.batch_width``), which is often narrower.
     """
 
     def __init__(
@@ -91,8 +93,8 @@ class BalancedCropSampler:
     ):
         if not 0.0 <= short_prob <= 1.0:
             raise ValueError(f"short_prob must be in [0, 1], got {short_prob}")
-        if fill not in ("zeros", "loop"):
-            raise ValueError(f"fill must be zeros or loop, got {fill!r}")
+        if fill not in ("zeros", "loop", "trim"):
+            raise ValueError(f"fill must be zeros, loop or trim, got {fill!r}")
         self.fill = fill
         self.waves = waves
         self.window = window

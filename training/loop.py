@@ -43,6 +43,10 @@ class TrainConfig:
     pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
     spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
     low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
+    # With short_fill "trim" (short clips scored at their own length): the share of batches
+    # whose crops are narrower than the window, uniform from trim_min_width of it up to all of it.
+    trim_width_prob: float = 0.5
+    trim_min_width: float = 0.25
     bf16: bool = True
     eval_every: int = 500
     seed: int = 0
@@ -79,15 +83,31 @@ def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: T
 
 
 def draw_batch(sampler: BalancedCropSampler, cfg: TrainConfig, features: FeatureConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch of window-length crops, pitch-shifted where the config asks for it."""
+    """One training batch of window-length crops, pitch-shifted where the config asks for it.
+
+    Under ``short_fill="trim"`` some batches are narrower (``batch_width``), so
+    a short clip scored at its own length looks like what training saw, from
+    every corpus.
+    """
+    n = batch_width(cfg, features, gen)
     if not (cfg.augment and cfg.pitch_shift_prob > 0):
-        crops, labels = sampler.draw(cfg.batch_size)  # no extra draws: a seed's crops stay what they were
+        crops, labels = sampler.draw(cfg.batch_size, length=n)  # no extra draws: a seed's crops stay what they were
         return torch.from_numpy(crops), torch.from_numpy(labels)
-    n = features.window_samples
     crops, labels = sampler.draw(cfg.batch_size, length=math.ceil(n * cfg.pitch_male_up))
     labels = torch.from_numpy(labels)
     ratios = pitch_ratios(labels, prob=cfg.pitch_shift_prob, male_up=cfg.pitch_male_up, female_down=cfg.pitch_female_down, both_ways=cfg.pitch_both_ways, generator=gen)
     return shift_pitch(list(crops), ratios, n=n, sr=features.sample_rate), labels
+
+
+def batch_width(cfg: TrainConfig, features: FeatureConfig, gen: torch.Generator) -> int:
+    """Samples per crop in the next batch: the window, or under "trim" sometimes fewer."""
+    n = features.window_samples
+    if features.short_fill != "trim" or not cfg.augment:  # no draws: other recipes' batches stay what they were
+        return n
+    if float(torch.rand(1, generator=gen)) >= cfg.trim_width_prob:
+        return n
+    low = cfg.trim_min_width + (1 - cfg.trim_min_width) * float(torch.rand(1, generator=gen))
+    return max(features.n_fft, int(n * low))
 
 
 def train_split(
@@ -99,13 +119,23 @@ def train_split(
     *,
     version: str,
     progress=None,
+    init: ModelBundle | None = None,
 ) -> tuple[ModelBundle, dict]:
-    """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics."""
+    """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics.
+
+    ``init`` starts from that model's weights and standardisation (fine-tuning)
+    instead of from scratch; its features must have the same bins.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill)
     model = build_model(features.n_bins)
-    model.set_standardization(*measure_standardization(sampler, features))
+    if init is None:
+        model.set_standardization(*measure_standardization(sampler, features))
+    else:
+        if init.features.n_bins != features.n_bins:
+            raise ValueError(f"cannot fine-tune a model of {init.features.n_bins} feature bins on features of {features.n_bins}")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.model.state_dict().items()})
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bundle = ModelBundle(model=model, features=features, version=version)

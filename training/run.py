@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
+from classifier.model import load_checkpoint
 from training.data import load_waveforms
 from training.loop import TrainConfig, train_split, write_run
 from training.metrics import mean_std
@@ -66,7 +67,7 @@ def run_training(
     *,
     feature_kind: str = "logmel",
     band_norm: str = "none",
-    short_fill: str = "zeros",
+    short_fill: str | None = None,
     split_kind: str = "speaker",
     val_fraction: float = 0.15,
     cfg: TrainConfig,
@@ -74,18 +75,30 @@ def run_training(
     cache_dir: Path | None = None,
     progress_factory=None,
     held_out_corpora: list[str] | None = None,
+    init: Path | None = None,
 ) -> RunResult:
-    """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics."""
+    """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics.
+
+    ``init``: a checkpoint to fine-tune; its feature configuration is kept
+    (``short_fill``, when given, replaces its own).
+    """
     clips = [c for s in sources for c in read_source(s)]
-    features = feature_config_for(feature_kind, band_norm, short_fill)
+    start = load_checkpoint(init) if init else None
+    if start is not None:
+        features = replace(start.features, short_fill=short_fill or start.features.short_fill)
+        log.info("fine-tuning %s (%s); its features are kept: %s", init, start.version, features)
+    else:
+        features = feature_config_for(feature_kind, band_norm, short_fill or "zeros")
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)
     checkpoints, fold_metrics, folds = [], [], []
     for k, split in enumerate(splits):
         progress = progress_factory(split.name, cfg.steps) if progress_factory else None
-        bundle, metrics = train_split(clips, waves, split, features, cfg, version=version if len(splits) == 1 else f"{version}-fold{k}", progress=progress)
+        bundle, metrics = train_split(clips, waves, split, features, cfg, version=version if len(splits) == 1 else f"{version}-fold{k}", progress=progress, init=start)
         metrics["speaker_overlap"] = split.speaker_overlap
+        if start is not None:
+            metrics["fine_tuned_from"] = {"version": start.version, "path": str(init)}
         fold_dir = out_dir if len(splits) == 1 else out_dir / f"fold{k}"
         checkpoints.append(write_run(fold_dir, bundle, metrics, split.to_dict(clips), cfg, summarise_data(clips)))
         fold_metrics.append(metrics)

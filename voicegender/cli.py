@@ -36,13 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, split.json")
     p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
     p.add_argument("--band-norm", choices=("none", "lows", "all"), default="none", help="remove each window's long-term level of the bands below 400 Hz (lows) or of every band (all), so a channel's bass cannot decide (default none; see models/MODEL_CARD.md)")
-    p.add_argument("--short-fill", choices=("zeros", "loop"), default="zeros", help="how a clip shorter than the 1 s window fills it, in training and at inference: centred in silence (zeros) or repeated (loop); stored in the checkpoint (default zeros)")
+    p.add_argument("--short-fill", choices=("zeros", "loop", "trim"), default=None, help="how a clip shorter than the 1 s window fills it, in training and at inference: centred in silence (zeros), repeated (loop) or not at all, scored at its own length with half the training batches narrower than 1 s (trim); stored in the checkpoint (default zeros, or --init's)")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL", help="fine-tune this checkpoint instead of starting from scratch: its weights, standardisation and features (--features and --band-norm are ignored; --short-fill may change). Validate on speakers it never trained on: the same --split and --seed as its own run, or new speakers")
     p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips", "corpus"), default="speaker")
     p.add_argument("--holdout-corpus", action="append", default=[], metavar="NAME", help="with --split corpus: validate on this whole corpus (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up before the cosine decay (default 200)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
@@ -146,7 +148,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.loop import TrainConfig
     from training.run import run_training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=not args.no_bf16)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=not args.no_bf16, warmup_steps=args.warmup_steps)
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
     def progress_factory(name: str, total: int):
@@ -158,7 +160,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
         return update
 
-    result = run_training(args.sources, args.out, feature_kind=args.features, band_norm=args.band_norm, short_fill=args.short_fill, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus)
+    result = run_training(args.sources, args.out, feature_kind=args.features, band_norm=args.band_norm, short_fill=args.short_fill, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus, init=args.init)
     s = result.summary
     print(f"balanced accuracy {s['balanced_accuracy']['mean']:.4f} +- {s['balanced_accuracy']['std']:.4f} over {s['folds']} split(s)" + (" (speakers shared between train and validation)" if s["speaker_overlap"] else ""))
     for ckpt in result.checkpoints:

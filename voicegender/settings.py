@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     retrain_spec_mask: float = Field(0.5, ge=0.0, le=1.0)  # share of crops with bands and stretches of their features hidden
     retrain_low_shelf: float = Field(0.0, ge=0.0, le=1.0)  # share of crops with the level below 150-500 Hz moved
     retrain_band_norm: Literal["none", "lows", "all"] = "none"  # FeatureConfig.band_norm of the candidate's features
-    retrain_short_fill: Literal["zeros", "loop"] = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
+    retrain_short_fill: Literal["zeros", "loop", "trim"] = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
     retrain_seed: int = 0
     retrain_val_fraction: float = 0.15  # of the non-held-out speakers: learning curve and calibration
     retrain_held_out_fraction: float = 0.15  # speakers held out once, then fixed for every retrain

@@ -404,8 +404,17 @@ def test_short_clip_can_be_looped_to_fill_its_window():
     np.testing.assert_array_equal(windows[0], [1, 2, 3, 1, 2, 3, 1, 2])
     long = np.arange(2_300, dtype=np.float32)  # only clips under a window are filled
     np.testing.assert_array_equal(split_windows(long, window=1_000, hop=500, fill="loop"), split_windows(long, window=1_000, hop=500))
-    with pytest.raises(ValueError, match="fill must be zeros or loop, got 'mirror'"):
+    with pytest.raises(ValueError, match="fill must be zeros, loop or trim, got 'mirror'"):
         split_windows(y, window=8, hop=4, fill="mirror")
+
+
+def test_short_clip_can_be_left_its_own_length():
+    y = np.arange(1, 4, dtype=np.float64)
+    windows = split_windows(y, window=8, hop=4, fill="trim")
+    assert windows.shape == (1, 3) and windows.dtype == np.float32
+    np.testing.assert_array_equal(windows[0], [1, 2, 3])
+    long = np.arange(2_300, dtype=np.float32)  # clips of a window or more are cut as always
+    np.testing.assert_array_equal(split_windows(long, window=1_000, hop=500, fill="trim"), split_windows(long, window=1_000, hop=500))
 
 
 def test_loop_to_length_reads_from_any_start():

@@ -160,3 +160,27 @@ def test_deletion_sample_is_spread_over_the_job_and_chunk_files_add_up(tiny_bund
     whole = drops.summary()
     assert whole.n_windows == 4 and whole.top_drop == pytest.approx(drops.top.mean(axis=1).tolist())
     assert read_job_deletion(tmp_path / "none") == (None, 0)
+
+
+def test_trimmed_short_clips_beside_long_ones_give_window_sized_evidence(tiny_bundle: ModelBundle, tmp_path: Path):
+    """short_fill="trim": short clips' windows are narrower; maps, examples and the deletion check still line up."""
+    from dataclasses import replace
+
+    trimmed = ModelBundle(model=tiny_bundle.model, features=replace(tiny_bundle.features, short_fill="trim"), version="trim")
+    folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=3)
+    short = sorted(folder.glob("*.wav"))
+    y, sr = sf.read(short[0], dtype="float32")
+    sf.write(folder / "long_female.wav", np.tile(y, int(np.ceil(2.5 * sr / len(y))))[: int(2.5 * sr)], sr)
+    paths = sorted(folder.glob("*.wav"))
+    windows = _voting_windows(paths, trimmed)
+    assert len({w.shape[1] for w in windows}) > 1  # widths really are mixed
+    results = Classifier(trimmed).classify_files(paths)
+    write_chunk_cams(tmp_path / "cams", 0, results, trimmed.class_names)
+    record_chunk_deletion(Classifier(trimmed), windows, tmp_path / "cams", 0)
+    clips = [{"path": p.name, "label": None, "p_female": r.p_female, "prediction": r.prediction} for p, r in zip(paths, results)]
+    evidence = collect_evidence(Classifier(trimmed), folder, tmp_path / "cams", clips, min_faithfulness_clips=1)
+    shape = (32, trimmed.features.n_frames)
+    assert evidence.class_maps.sums.shape[1:] == shape and evidence.class_maps.counts.sum() == len(paths)
+    assert evidence.examples and all(ex.cam.shape == ex.features.shape == shape for ex in evidence.examples)
+    deletion, n_clips = read_job_deletion(tmp_path / "cams")
+    assert n_clips == len(paths) and len(deletion.base) == sum(min(len(w), 2) for w in windows)  # FAITHFULNESS_WINDOWS_PER_CLIP

@@ -172,7 +172,7 @@ def test_loop_fill_repeats_short_clips_and_excerpts_from_random_points():
     long = [np.full(24000, 0.5, np.float32) for _ in clips]
     short = BalancedCropSampler(clips, long, list(range(len(clips))), window=8000, seed=0, short_prob=1.0, fill="loop").draw(100)[0]
     assert np.all(short.max(axis=1) == 0.5) and (short == 0).mean() < 0.01  # looped excerpts: only their faded ends touch 0
-    with pytest.raises(ValueError, match="fill must be zeros or loop"):
+    with pytest.raises(ValueError, match="fill must be zeros, loop or trim"):
         BalancedCropSampler(clips, waves, [0], window=8000, seed=0, fill="edge")
 
 
@@ -229,3 +229,29 @@ def test_speaker_balanced_calibration_is_not_pulled_by_one_loud_speaker():
     assert float(unweighted.p_female(torch.tensor(2.2))) < 0.5
     assert float(balanced.p_female(torch.tensor(2.2))) > 0.5
     assert 0 <= info["ece_calibrated_crossfit"] <= 1
+
+
+def test_trim_draws_narrower_batches_and_other_fills_draw_nothing():
+    """Under short_fill="trim" about half the batches are 0.25-1 window wide; the other recipes' batches stay as they were."""
+    from dataclasses import replace
+
+    from classifier.features import logmel_config
+    from training.loop import batch_width, draw_batch
+
+    features = logmel_config(sample_rate=8000, n_mels=32)
+    cfg = TrainConfig(batch_size=4)
+    gen = torch.Generator().manual_seed(0)
+    assert {batch_width(cfg, features, gen) for _ in range(20)} == {8000}
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())  # zeros drew no number
+    trim = replace(features, short_fill="trim")
+    widths = np.array([batch_width(cfg, trim, gen) for _ in range(400)])
+    assert 0.4 < (widths < 8000).mean() < 0.6 and widths.min() >= 2000 and widths.max() == 8000
+    assert len(set(widths[widths < 8000].tolist())) > 150  # uniform, not a few fixed widths
+    assert {batch_width(replace(cfg, augment=False), trim, gen) for _ in range(20)} == {8000}  # evaluation-like runs stay whole
+
+    clips = _clips(2, per_speaker=1)
+    waves = [np.full(16000, 0.5, np.float32) for _ in clips]
+    sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=8000, seed=0, fill="trim")
+    shifted = TrainConfig(batch_size=4, pitch_shift_prob=0.5, pitch_both_ways=True)
+    shapes = {draw_batch(sampler, shifted, trim, gen)[0].shape for _ in range(12)}
+    assert len(shapes) > 2 and all(s[0] == 4 and 2000 <= s[1] <= 8000 for s in shapes)  # pitch-shifted crops come out at the batch's width
