@@ -65,6 +65,31 @@ def test_classify_json_and_folder_recursion(trained_run, synthetic_audiomnist):
     assert {r["prediction"] for r in out["results"]} <= {"female", "male", "uncertain"}
 
 
+def test_fine_tuning_keeps_the_models_features_and_starts_from_its_weights(trained_run, synthetic_audiomnist, tmp_path):
+    """train --init: the checkpoint's features (mfcc here, despite the logmel default) and weights, short_fill changed to trim."""
+    import torch
+
+    from classifier.model import load_checkpoint
+
+    out = tmp_path / "ft"
+    run_cli("train", str(synthetic_audiomnist), "--out", str(out), "--init", str(trained_run / "model.pt"), "--short-fill", "trim",
+            "--steps", "6", "--warmup-steps", "2", "--batch-size", "16", "--eval-every", "6", "--lr", "1e-4", "--val-fraction", "0.2", "--version", "ft-1")
+    parent, child = load_checkpoint(trained_run / "model.pt"), load_checkpoint(out / "model.pt")
+    assert child.features.kind == "mfcc" and child.features.short_fill == "trim"
+    assert child.features == parent.features.__class__(**{**parent.features.to_dict(), "short_fill": "trim"})
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fine_tuned_from"]["version"] == "synthetic-1"
+    assert json.loads((out / "split.json").read_text())["val_speakers"] == json.loads((trained_run / "split.json").read_text())["val_speakers"]
+    # Six small steps move the weights a little from the parent's, nowhere near a fresh model's.
+    w_parent, w_child = parent.model.net.conv1.weight.float(), child.model.net.conv1.weight.float()
+    assert 0 < (w_child - w_parent).abs().max() < 0.1 * w_parent.abs().max()
+    assert torch.equal(child.model.feature_mean, parent.model.feature_mean)  # the parent's standardisation, not re-measured
+    assert metrics["balanced_accuracy"] >= 0.8, metrics["confusion_matrix"]
+    held_out = _speaker_wavs(synthetic_audiomnist, json.loads((out / "split.json").read_text())["val_speakers"])[:3]
+    rows = list(csv.DictReader(io.StringIO(run_cli("classify", *map(str, held_out), "--model", str(out / "model.pt")).stdout)))
+    assert [r["windows"] for r in rows] == ["1"] * 3 and all(r["error"] == "" for r in rows)  # short digits scored at their own length
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     proc = run_cli("classify", str(tmp_path), "--model", str(tmp_path / "none.pt"), check=False)
     assert proc.returncode == 2
