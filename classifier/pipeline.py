@@ -156,11 +156,8 @@ class Classifier:
         Clips whose windows have one width share batches; a short clip under
         ``short_fill="trim"`` has a narrower one window of its own.
         """
-        by_width: dict[int, list[int]] = {}
-        for k, w in enumerate(clip_windows):
-            by_width.setdefault(w.shape[1], []).append(k)
         out: list = [None] * len(clip_windows)
-        for ks in by_width.values():
+        for ks in group_by_width(clip_windows):
             log_odds, cams = self.score_windows(np.concatenate([clip_windows[k] for k in ks]))
             start = 0
             for k in ks:
@@ -231,6 +228,14 @@ class Classifier:
             attention=attention,
             cam=cam,
         )
+
+
+def group_by_width(windows: list[np.ndarray]) -> list[list[int]]:
+    """Indices of ``windows`` ((n, width) or (width,) each) grouped by width: each group stacks into one batch."""
+    groups: dict[int, list[int]] = {}
+    for k, w in enumerate(windows):
+        groups.setdefault(w.shape[-1], []).append(k)
+    return list(groups.values())
 
 
 def centre_in_window(cam: np.ndarray, n_frames: int, *, fill: float = 0.0) -> np.ndarray:

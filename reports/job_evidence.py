@@ -28,7 +28,7 @@ from classifier.audio import load_audio
 from classifier.errors import InvalidAudio
 from classifier.faithfulness import DeletionDrops, DeletionResult, band_counts, deletion_drops
 from classifier.features import compute_features
-from classifier.pipeline import Classifier, centre_in_window, prepare_waveform
+from classifier.pipeline import Classifier, centre_in_window, group_by_width, prepare_waveform
 from reports.attention import ClassMaps, read_job_cams, save_npz
 
 log = logging.getLogger(__name__)
@@ -141,12 +141,9 @@ def explain_examples(clf: Classifier, input_dir: Path, picked: list[tuple[str, d
     if not found:
         return []
     explained: list = [None] * len(found)
-    # One batch per window width: under short_fill "trim" a short clip's one window is its own length.
-    by_width: dict[int, list[int]] = {}
-    for k, (*_, window) in enumerate(found):
-        by_width.setdefault(len(window), []).append(k)
     n_frames = bundle.features.n_frames
-    for ks in by_width.values():
+    # One batch per window width: under short_fill "trim" a short clip's one window is its own length.
+    for ks in group_by_width([window for *_, window in found]):
         feats = compute_features(torch.from_numpy(np.stack([found[k][3] for k in ks]).astype(np.float32)), bundle.features)  # (N, F, T)
         logits, cams = clf.forward_features(feats.to(clf.device))
         p_female = bundle.calibration.p_female((logits[:, 0] - logits[:, 1]).float().cpu())
@@ -186,10 +183,8 @@ def record_chunk_deletion(clf: Classifier, clip_windows: list[np.ndarray], folde
     if not windows:
         return None
     # One call per window width (short_fill "trim" leaves a short clip's window its own length).
-    by_width: dict[int, list[np.ndarray]] = {}
-    for w in windows:
-        by_width.setdefault(len(w), []).append(w)
-    drops = DeletionDrops.concat([faithfulness_drops(clf, np.stack(ws), seed=index + 7919 * g) for g, ws in enumerate(by_width.values())])
+    groups = group_by_width(windows)
+    drops = DeletionDrops.concat([faithfulness_drops(clf, np.stack([windows[k] for k in ks]), seed=index + 7919 * g) for g, ks in enumerate(groups)])
     return save_npz(
         folder / f"deletion-{index:06d}.npz",
         ks=np.array(drops.ks), base=drops.base, top=drops.top, random=drops.random, clips=np.array(sum(len(ws) > 0 for ws in per_clip)),
