@@ -135,7 +135,7 @@ def train_split(
     else:
         if init.features.n_bins != features.n_bins:
             raise ValueError(f"cannot fine-tune a model of {init.features.n_bins} feature bins on features of {features.n_bins}")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in init.model.state_dict().items()})
+        model.load_state_dict(init.model.state_dict())  # float32 already: load_checkpoint widens fp16 weights
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bundle = ModelBundle(model=model, features=features, version=version)
