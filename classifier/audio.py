@@ -11,7 +11,7 @@ import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Literal, get_args
 
 import numpy as np
 import soundfile as sf
@@ -29,6 +29,10 @@ from classifier.errors import (
     UnsupportedFormat,
     UnsupportedSampleRate,
 )
+
+# How a clip shorter than one window fills it: centred in silence, repeated, or left at its own length.
+ShortFill = Literal["zeros", "loop", "trim"]
+SHORT_FILLS: tuple[str, ...] = get_args(ShortFill)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 MIN_SAMPLE_RATE = 8_000
@@ -321,6 +325,11 @@ def _short(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
+def check_short_fill(fill: str) -> None:
+    if fill not in SHORT_FILLS:
+        raise ValueError(f"fill must be one of {', '.join(SHORT_FILLS)}, got {fill!r}")
+
+
 def split_windows(y: np.ndarray, *, window: int, hop: int, fill: str = "zeros") -> np.ndarray:
     """Cut ``y`` into overlapping windows; short clips are padded (``fill``).
 
@@ -345,8 +354,7 @@ def split_windows(y: np.ndarray, *, window: int, hop: int, fill: str = "zeros") 
     if not 1 <= hop <= window:
         # hop > window would skip the samples between windows.
         raise ValueError(f"need 1 <= hop <= window, got window={window}, hop={hop}")
-    if fill not in ("zeros", "loop", "trim"):
-        raise ValueError(f"fill must be zeros, loop or trim, got {fill!r}")
+    check_short_fill(fill)
     if len(y) <= window:
         if fill == "trim":
             return np.asarray(y, dtype=np.float32)[None]

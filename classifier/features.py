@@ -15,9 +15,10 @@ import librosa
 import numpy as np
 import torch
 
+from classifier.audio import ShortFill
+
 FeatureKind = Literal["mfcc", "logmel"]
 BandNorm = Literal["none", "lows", "all"]
-ShortFill = Literal["zeros", "loop", "trim"]
 AMIN = 1e-10  # librosa.power_to_db's floor
 TOP_DB = 80.0  # librosa.power_to_db's default dynamic range
 

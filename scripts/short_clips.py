@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from classifier.audio import SHORT_FILLS  # noqa: E402
 from classifier.model import load_checkpoint  # noqa: E402
 from training.calibrate import weighted_auc  # noqa: E402
 from training.data import load_waveforms  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
     ap.add_argument("--corpus", action="append", default=[], help="only these corpora (repeatable; default all)")
     ap.add_argument("--length", type=float, default=0.6, help="excerpt length in seconds (default 0.6)")
     ap.add_argument("--per-clip", type=int, default=3, help="excerpts per clip (default 3)")
-    ap.add_argument("--fill", choices=("zeros", "loop", "trim"), help="score with this short-clip fill instead of the checkpoint's")
+    ap.add_argument("--fill", choices=SHORT_FILLS, help="score with this short-clip fill instead of the checkpoint's")
     ap.add_argument("--threshold", type=float, help="raw log-odds threshold (default: the model's calibrated p = 0.5)")
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)

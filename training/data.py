@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classifier.audio import load_audio, loop_to_length
+from classifier.audio import check_short_fill, load_audio, loop_to_length
 from classifier.errors import InvalidAudio
 from training.sources import LabelledClip
 
@@ -93,8 +93,7 @@ class BalancedCropSampler:
     ):
         if not 0.0 <= short_prob <= 1.0:
             raise ValueError(f"short_prob must be in [0, 1], got {short_prob}")
-        if fill not in ("zeros", "loop", "trim"):
-            raise ValueError(f"fill must be zeros, loop or trim, got {fill!r}")
+        check_short_fill(fill)
         self.fill = fill
         self.waves = waves
         self.window = window

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from classifier.audio import SHORT_FILLS
 from classifier.errors import InvalidCheckpoint, InvalidDataset
 from voicegender.service_cli import JobNotFound, add_service_commands
 from voicegender.settings import Settings
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: model.pt, metrics.json, split.json")
     p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
     p.add_argument("--band-norm", choices=("none", "lows", "all"), default="none", help="remove each window's long-term level of the bands below 400 Hz (lows) or of every band (all), so a channel's bass cannot decide (default none; see models/MODEL_CARD.md)")
-    p.add_argument("--short-fill", choices=("zeros", "loop", "trim"), default=None, help="how a clip shorter than the 1 s window fills it, in training and at inference: centred in silence (zeros), repeated (loop) or not at all, scored at its own length with half the training batches narrower than 1 s (trim); stored in the checkpoint (default zeros, or --init's)")
+    p.add_argument("--short-fill", choices=SHORT_FILLS, default=None, help="how a clip shorter than the 1 s window fills it, in training and at inference: centred in silence (zeros), repeated (loop) or not at all, scored at its own length with half the training batches narrower than 1 s (trim); stored in the checkpoint (default zeros, or --init's)")
     p.add_argument("--init", type=Path, default=None, metavar="MODEL", help="fine-tune this checkpoint instead of starting from scratch: its weights, standardisation and features (--features and --band-norm are ignored; --short-fill may change). Validate on speakers it never trained on: the same --split and --seed as its own run, or new speakers")
     p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips", "corpus"), default="speaker")
     p.add_argument("--holdout-corpus", action="append", default=[], metavar="NAME", help="with --split corpus: validate on this whole corpus (repeatable)")
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pitch-both-ways", action="store_true", help="with --pitch-shift: shift crops of either gender up or down (x0.75-x1.8), not only towards the other gender")
     p.add_argument("--low-shelf", type=float, default=0.0, metavar="P", help="share of training crops whose level below a random 150-500 Hz corner moves by up to +-12 dB (default 0; see models/MODEL_CARD.md)")
     p.add_argument("--spec-mask", type=float, default=0.0, metavar="P", help="share of training crops with two random bands and two stretches of their features hidden (default 0; see models/MODEL_CARD.md)")
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="bf16 autocast or fp32; auto takes bf16 where the hardware computes it fast (default: VOICEGENDER_PRECISION, auto)")
+    p.add_argument("--no-bf16", action="store_true", help="the same as --precision fp32")
     p.add_argument("--version", default=None, help="model version (default: a timestamp)")
     p.add_argument("--cache-dir", type=Path, default=None, help="keep decoded audio here between runs")
     p.set_defaults(func=cmd_train)
@@ -145,10 +147,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from reports.training_report import training_run_report_data, write_training_report
+    from classifier.pipeline import use_bf16
     from training.loop import TrainConfig
     from training.run import run_training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=not args.no_bf16, warmup_steps=args.warmup_steps)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
     def progress_factory(name: str, total: int):

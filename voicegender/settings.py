@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from classifier.audio import ShortFill
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTER_MODEL = REPO_ROOT / "models" / "starter.pt"
 DEFAULT_TOKENS = {"", "changeme", "change-me", "secret", "token"}
@@ -36,7 +38,7 @@ class Settings(BaseSettings):
     # (clients poll job status) come before the next chunk. 0 turns it off.
     worker_nice: int = Field(default=5, ge=0, le=19)
     device: str = "cpu"  # where workers run the model: "cpu", "cuda", "cuda:1"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast where the hardware has bf16 units
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA with bf16 and CPUs with AMX; also governs training
     chunk_size: int = 64
     chunk_deadline_s: float = 300.0  # a pending chunk not finished by then is enqueued again
     sweep_interval_s: float = 30.0
@@ -63,7 +65,7 @@ class Settings(BaseSettings):
     retrain_spec_mask: float = Field(0.5, ge=0.0, le=1.0)  # share of crops with bands and stretches of their features hidden
     retrain_low_shelf: float = Field(0.0, ge=0.0, le=1.0)  # share of crops with the level below 150-500 Hz moved
     retrain_band_norm: Literal["none", "lows", "all"] = "none"  # FeatureConfig.band_norm of the candidate's features
-    retrain_short_fill: Literal["zeros", "loop", "trim"] = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
+    retrain_short_fill: ShortFill = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
     retrain_seed: int = 0
     retrain_val_fraction: float = 0.15  # of the non-held-out speakers: learning curve and calibration
     retrain_held_out_fraction: float = 0.15  # speakers held out once, then fixed for every retrain

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from classifier.pipeline import use_bf16
 from db import registry
 from db.schema import utcnow
 from reports.training_report import TrainingReportData, report_evaluation, write_training_report
@@ -125,7 +126,7 @@ def _train_config(settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
         "spec_mask_prob": settings.retrain_spec_mask, "low_shelf_prob": settings.retrain_low_shelf, **overrides,
     }
     # A short run warms up over a tenth of its steps; a full one over the usual 200.
-    return TrainConfig(seed=settings.retrain_seed, warmup_steps=min(200, max(1, values["steps"] // 10)), **values)
+    return TrainConfig(seed=settings.retrain_seed, warmup_steps=min(200, max(1, values["steps"] // 10)), bf16=use_bf16(settings.precision), **values)
 
 
 @dataclass

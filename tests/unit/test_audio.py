@@ -404,7 +404,7 @@ def test_short_clip_can_be_looped_to_fill_its_window():
     np.testing.assert_array_equal(windows[0], [1, 2, 3, 1, 2, 3, 1, 2])
     long = np.arange(2_300, dtype=np.float32)  # only clips under a window are filled
     np.testing.assert_array_equal(split_windows(long, window=1_000, hop=500, fill="loop"), split_windows(long, window=1_000, hop=500))
-    with pytest.raises(ValueError, match="fill must be zeros, loop or trim, got 'mirror'"):
+    with pytest.raises(ValueError, match="fill must be one of zeros, loop, trim, got 'mirror'"):
         split_windows(y, window=8, hop=4, fill="mirror")
 
 

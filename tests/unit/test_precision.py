@@ -91,3 +91,12 @@ def test_precision_setting():
     assert use_bf16("auto", "meta") is False  # no bf16 units: fp32
     with pytest.raises(ValueError, match="'half'"):
         use_bf16("half")
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(True, False, False), (True, True, True), (False, False, False)])
+def test_auto_takes_bf16_on_a_cpu_only_with_amx(monkeypatch, avx512_bf16, amx, expected):
+    # AVX-512 BF16 without AMX measured slower than fp32 (README, Performance).
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert use_bf16("auto", "cpu") is expected
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")

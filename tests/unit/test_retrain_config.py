@@ -20,6 +20,13 @@ def test_settings_and_a_requests_overrides_change_the_recipe(tmp_path):
     assert (cfg.spec_mask_prob, cfg.low_shelf_prob) == (0.2, 0.3)
 
 
+def test_a_retrain_trains_in_the_configured_precision(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cpu._is_amx_tile_supported", lambda: False, raising=False)
+    assert _train_config(Settings(data_dir=tmp_path, precision="bf16"), {}).bf16
+    assert not _train_config(Settings(data_dir=tmp_path, precision="fp32"), {}).bf16
+    assert not _train_config(Settings(data_dir=tmp_path, precision="auto"), {}).bf16  # no AMX: fp32
+
+
 def test_an_unknown_option_and_a_share_outside_0_1_are_refused(tmp_path):
     with pytest.raises(ValueError, match="short_crop_prob"):
         _train_config(Settings(data_dir=tmp_path), {"short_crop_prob": 0.5})

@@ -172,7 +172,7 @@ def test_loop_fill_repeats_short_clips_and_excerpts_from_random_points():
     long = [np.full(24000, 0.5, np.float32) for _ in clips]
     short = BalancedCropSampler(clips, long, list(range(len(clips))), window=8000, seed=0, short_prob=1.0, fill="loop").draw(100)[0]
     assert np.all(short.max(axis=1) == 0.5) and (short == 0).mean() < 0.01  # looped excerpts: only their faded ends touch 0
-    with pytest.raises(ValueError, match="fill must be zeros, loop or trim"):
+    with pytest.raises(ValueError, match="fill must be one of zeros, loop, trim"):
         BalancedCropSampler(clips, waves, [0], window=8000, seed=0, fill="edge")
 
 
