@@ -20,6 +20,7 @@ from classifier.pipeline import Classifier, prepare_waveform
 from training.data import BalancedCropSampler, augment_channel
 from training.masking import mask_features
 from training.pitch import pitch_ratios, shift_pitch
+from training.resume import Progress, restore_state, run_identity, save_state
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.sources import LabelledClip
 from training.splits import Split
@@ -49,6 +50,7 @@ class TrainConfig:
     trim_min_width: float = 0.25
     bf16: bool = True
     eval_every: int = 500
+    save_every: int = 100  # steps between saved training states, when the run has a state file (training/resume.py)
     seed: int = 0
     features: dict = field(default_factory=dict)
 
@@ -120,11 +122,14 @@ def train_split(
     version: str,
     progress=None,
     init: ModelBundle | None = None,
+    state_path: Path | None = None,
 ) -> tuple[ModelBundle, dict]:
     """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics.
 
     ``init`` starts from that model's weights and standardisation (fine-tuning)
     instead of from scratch; its features must have the same bins.
+    ``state_path``: save the run's state there every ``cfg.save_every`` steps,
+    and go on from the state found there (the same steps as without a stop).
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -139,8 +144,16 @@ def train_split(
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bundle = ModelBundle(model=model, features=features, version=version)
-    curve, losses, started = [], [], time.monotonic()
-    for step in range(cfg.steps):
+    if cfg.save_every < 1:
+        raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
+    done, identity = Progress(), None
+    if state_path is not None:
+        identity = run_identity(asdict(cfg), features.to_dict(), split.to_dict(clips), init.sha256 if init else None)
+        done = restore_state(state_path, identity, model=model, opt=opt, gen=gen, rng=sampler.rng) or done
+        if done.step:
+            log.info("resuming from %s at step %d of %d", state_path, done.step, cfg.steps)
+    curve, losses, started = done.curve, done.losses, time.monotonic() - done.elapsed_s
+    for step in range(done.step, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         crops, labels = draw_batch(sampler, cfg, features, gen)
@@ -153,6 +166,8 @@ def train_split(
             model.train()
             curve.append({"step": step + 1, "train_loss": float(np.mean(losses[-cfg.eval_every :])), "val_balanced_accuracy": val["balanced_accuracy"], "elapsed_s": time.monotonic() - started})
             log.info("step %d: loss %.4f, val balanced accuracy %.4f", step + 1, curve[-1]["train_loss"], val["balanced_accuracy"])
+        if identity is not None and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            save_state(state_path, identity, Progress(step + 1, losses, curve, time.monotonic() - started), model=model, opt=opt, gen=gen, rng=sampler.rng)
     model.eval()
     log_odds, is_female = file_log_odds(bundle, clips, waves, split.val)
     kept = [i for i in split.val if waves[i] is not None]

@@ -11,6 +11,7 @@ from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
 from classifier.model import load_checkpoint
 from training.data import load_waveforms
 from training.loop import TrainConfig, train_split, write_run
+from training.resume import STATE_FILE
 from training.metrics import mean_std
 from training.sources import LabelledClip, read_source
 from training.splits import Split, audiomnist_gender_folds, split_by_corpus, split_by_speaker, split_random_clips
@@ -79,6 +80,9 @@ def run_training(
 ) -> RunResult:
     """Train one model per split (one, or four AudioMNIST folds) and write each beside its metrics.
 
+    A run stopped part-way (killed, crashed) leaves its state in the fold's
+    folder; the same call goes on from it (training/resume.py).
+
     ``init``: a checkpoint to fine-tune; its feature configuration is kept
     (``short_fill``, when given, replaces its own).
     """
@@ -95,12 +99,14 @@ def run_training(
     checkpoints, fold_metrics, folds = [], [], []
     for k, split in enumerate(splits):
         progress = progress_factory(split.name, cfg.steps) if progress_factory else None
-        bundle, metrics = train_split(clips, waves, split, features, cfg, version=version if len(splits) == 1 else f"{version}-fold{k}", progress=progress, init=start)
+        fold_dir = out_dir if len(splits) == 1 else out_dir / f"fold{k}"
+        state_path = fold_dir / STATE_FILE  # the same command after a crash goes on from here
+        bundle, metrics = train_split(clips, waves, split, features, cfg, version=version if len(splits) == 1 else f"{version}-fold{k}", progress=progress, init=start, state_path=state_path)
         metrics["speaker_overlap"] = split.speaker_overlap
         if start is not None:
             metrics["fine_tuned_from"] = {"version": start.version, "path": str(init)}
-        fold_dir = out_dir if len(splits) == 1 else out_dir / f"fold{k}"
         checkpoints.append(write_run(fold_dir, bundle, metrics, split.to_dict(clips), cfg, summarise_data(clips)))
+        state_path.unlink(missing_ok=True)
         fold_metrics.append(metrics)
         folds.append({"name": split.name, "metrics": metrics, "split": split.to_dict(clips)})
     summary = {

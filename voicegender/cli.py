@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up before the cosine decay (default 200)")
+    p.add_argument("--save-every", type=int, default=100, metavar="N", help="save the run's state to OUT every N steps; the same command after a crash or kill goes on from it (default 100)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
@@ -151,14 +152,14 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.loop import TrainConfig
     from training.run import run_training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
     def progress_factory(name: str, total: int):
         bar = tqdm(total=total, desc=name, unit="step", file=sys.stderr, mininterval=5)
 
         def update(step: int, loss: float) -> None:
-            bar.update(1)
+            bar.update(step + 1 - bar.n)  # a resumed run starts part-way
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
         return update

@@ -90,6 +90,34 @@ def test_fine_tuning_keeps_the_models_features_and_starts_from_its_weights(train
     assert [r["windows"] for r in rows] == ["1"] * 3 and all(r["error"] == "" for r in rows)  # short digits scored at their own length
 
 
+def test_a_killed_training_goes_on_from_its_saved_state(synthetic_audiomnist, tmp_path):
+    """SIGKILL during ``train``, then the same command: it resumes at the last saved step, finishes, and leaves no state behind."""
+    import time
+
+    import torch
+
+    out = tmp_path / "run"
+    args = ["train", str(synthetic_audiomnist), "--out", str(out), "--steps", "12", "--save-every", "3", "--batch-size", "8",
+            "--eval-every", "12", "--warmup-steps", "2", "--val-fraction", "0.2", "--version", "resume-1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "voicegender", *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state, deadline = out / "train_state.pt", time.monotonic() + 600
+    try:
+        while not state.exists():
+            assert proc.poll() is None, f"train exited {proc.returncode} before saving a state"
+            assert time.monotonic() < deadline, "no training state after 600 s"
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    saved = torch.load(state, weights_only=False)["progress"]["step"]
+    assert saved in (3, 6, 9)
+    done = run_cli(*args)
+    assert f"resuming from {state} at step {saved} of 12" in done.stderr
+    assert not state.exists() and (out / "model.pt").exists()
+    assert json.loads((out / "metrics.json").read_text())["learning_curve"][-1]["step"] == 12
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     proc = run_cli("classify", str(tmp_path), "--model", str(tmp_path / "none.pt"), check=False)
     assert proc.returncode == 2

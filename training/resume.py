@@ -1,0 +1,100 @@
+"""A training run's state on disk, so a run killed mid-way goes on where it stopped.
+
+A ResNet-34 run on CPU takes hours; a crash, a reboot or a killed session
+should cost the steps since the last save, not the run. The state holds
+everything the next step depends on (weights, BatchNorm statistics,
+optimiser moments, every random generator, the loss history), so a resumed
+run takes exactly the steps an uninterrupted one would have taken.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "train_state.pt"
+FORMAT = 1
+
+
+class StateMismatch(ValueError):
+    """The state on disk belongs to a run with other options or data."""
+
+
+@dataclass
+class Progress:
+    """What a run has done so far: steps taken, their losses, the learning curve, time spent."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def run_identity(train_config: dict, features: dict, split: dict, init_sha256: str | None) -> dict:
+    """What must be equal for a saved state to continue this run.
+
+    How often it saves may change, and so may the version label (the CLI's
+    default is the start time).
+    """
+    cfg = {k: v for k, v in train_config.items() if k != "save_every"}
+    split_digest = hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()
+    return {"train_config": cfg, "features": features, "split_sha256": split_digest, "init_sha256": init_sha256}
+
+
+def save_state(path: Path, identity: dict, progress: Progress, *, model, opt, gen: torch.Generator, rng: np.random.Generator) -> None:
+    """Write the state atomically: a kill during the write leaves the previous state whole."""
+    state = {
+        "format": FORMAT,
+        "identity": identity,
+        "progress": asdict(progress),
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "generator": gen.get_state(),
+        "sampler_rng": rng.bit_generator.state,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def restore_state(path: Path, identity: dict, *, model, opt, gen: torch.Generator, rng: np.random.Generator) -> Progress | None:
+    """Load a saved state into the run's objects; None when there is none.
+
+    Raises :class:`StateMismatch` naming what differs when the state is another run's.
+    """
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") != FORMAT:
+        raise StateMismatch(f"{path} is a training state of format {state.get('format')!r}, this version reads {FORMAT}; remove it to start again")
+    saved = state["identity"]
+    if saved != identity:
+        differs = sorted(_differences(saved, identity))
+        raise StateMismatch(f"{path} belongs to another run ({', '.join(differs)} differ); continue it with its own options, or remove it to start again")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    gen.set_state(state["generator"])
+    rng.bit_generator.state = state["sampler_rng"]
+    return Progress(**state["progress"])
+
+
+def _differences(a: dict, b: dict) -> set[str]:
+    out = set()
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out |= {f"{key}.{k}" for k in _differences(x, y)}
+        elif x != y:
+            out.add(key)
+    return out
+
