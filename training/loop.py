@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import scipy.optimize
@@ -20,7 +21,7 @@ from classifier.pipeline import Classifier, prepare_waveform
 from training.data import BalancedCropSampler, augment_channel
 from training.masking import mask_features
 from training.pitch import pitch_ratios, shift_pitch
-from training.resume import Progress, restore_state, run_identity, save_state
+from training.resume import Progress, StateMismatch, restore_state, run_identity, save_state
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.sources import LabelledClip
 from training.splits import Split
@@ -123,6 +124,7 @@ def train_split(
     progress=None,
     init: ModelBundle | None = None,
     state_path: Path | None = None,
+    other_state: Literal["refuse", "replace"] = "refuse",
 ) -> tuple[ModelBundle, dict]:
     """Train on ``split.train`` and evaluate on ``split.val``; returns the calibrated bundle and metrics.
 
@@ -130,6 +132,8 @@ def train_split(
     instead of from scratch; its features must have the same bins.
     ``state_path``: save the run's state there every ``cfg.save_every`` steps,
     and go on from the state found there (the same steps as without a stop).
+    A state of other data or options raises :class:`StateMismatch`, or with
+    ``other_state="replace"`` is set aside and the run starts afresh.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -149,7 +153,12 @@ def train_split(
     done, identity = Progress(), None
     if state_path is not None:
         identity = run_identity(asdict(cfg), features.to_dict(), split.to_dict(clips), init.sha256 if init else None)
-        done = restore_state(state_path, identity, model=model, opt=opt, gen=gen, rng=sampler.rng) or done
+        try:
+            done = restore_state(state_path, identity, model=model, opt=opt, gen=gen, rng=sampler.rng) or done
+        except StateMismatch as exc:
+            if other_state != "replace":
+                raise
+            log.warning("%s; starting afresh", exc)
         if done.step:
             log.info("resuming from %s at step %d of %d", state_path, done.step, cfg.steps)
     curve, losses, started = done.curve, done.losses, time.monotonic() - done.elapsed_s

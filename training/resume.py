@@ -73,7 +73,10 @@ def restore_state(path: Path, identity: dict, *, model, opt, gen: torch.Generato
     """
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # written atomically, so only damage or another program's file gets here
+        raise StateMismatch(f"{path} cannot be read as a training state ({exc.__class__.__name__}: {exc}); remove it to start again") from exc
     if state.get("format") != FORMAT:
         raise StateMismatch(f"{path} is a training state of format {state.get('format')!r}, this version reads {FORMAT}; remove it to start again")
     saved = state["identity"]

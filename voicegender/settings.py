@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     retrain_steps: int = 3000
     retrain_batch_size: int = 64
     retrain_eval_every: int = 500
+    # A killed retrain's state is kept this often; the next retrain of the same data and options goes on from it.
+    retrain_save_every: int = Field(100, ge=1)
     retrain_lr: float = 2e-3
     retrain_augment: bool = True
     # The shipped model's recipe (models/MODEL_CARD.md), so a scheduled candidate is trained as the model it may replace.

@@ -34,6 +34,9 @@ from worker.requests import request_retrain
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
+# One retrain runs at a time (its training_runs row is the lock), so one state file: a retrain killed
+# part-way leaves it, and the next one with the same data and options goes on from it.
+RETRAIN_STATE = "retrain_state.pt"
 TRAIN_OVERRIDES = ("steps", "batch_size", "eval_every", "lr", "augment", "pitch_shift_prob", "pitch_both_ways", "spec_mask_prob", "low_shelf_prob")  # what a request may change
 
 
@@ -120,7 +123,7 @@ def _train_config(settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown retrain option(s) {sorted(unknown)}: allowed {TRAIN_OVERRIDES}")
     values = {
-        "steps": settings.retrain_steps, "batch_size": settings.retrain_batch_size, "eval_every": settings.retrain_eval_every,
+        "steps": settings.retrain_steps, "batch_size": settings.retrain_batch_size, "eval_every": settings.retrain_eval_every, "save_every": settings.retrain_save_every,
         "lr": settings.retrain_lr, "augment": settings.retrain_augment,
         "pitch_shift_prob": settings.retrain_pitch_shift, "pitch_both_ways": settings.retrain_pitch_both_ways,
         "spec_mask_prob": settings.retrain_spec_mask, "low_shelf_prob": settings.retrain_low_shelf, **overrides,
@@ -158,6 +161,7 @@ def _retrain(rt: Runtime, run_id: int, hb: RunHeartbeat, cfg: TrainConfig) -> No
     candidate = train_candidate(
         clips, split, feature_kind=settings.retrain_features, band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, cfg=cfg, version=version, out_dir=out_dir,
         cache_dir=settings.data_dir / "cache", progress=lambda step, _loss: hb.set_stage(f"training {step + 1}/{cfg.steps}"),
+        state_path=settings.models_dir / RETRAIN_STATE,
     )
     _register_candidate(rt, candidate, parent=active.version)
     hb.set_stage("evaluating the active model")

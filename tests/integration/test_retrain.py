@@ -178,6 +178,31 @@ def test_a_killed_retrain_leaves_the_active_model_and_is_marked_failed(
     assert again["state"] == "done" and again["id"] != run_id, again
 
 
+def test_a_retrain_killed_part_way_is_taken_up_by_the_next_one_from_its_saved_step(
+    service_env, redis_url, worker, voicegender, registry_table, corpus, tmp_path
+):
+    env = retrain_env(service_env, redis_url, corpus, retrain_steps=60, retrain_eval_every=60, retrain_save_every=5, retrain_stale_s=4)
+    state = tmp_path / "data" / "models" / "retrain_state.pt"
+    with worker(env) as w:
+        w.wait_ready(timeout_s=600)
+        first = int(voicegender(env, "retrain", timeout_s=CLI_S).stdout)
+        wait_until(lambda: state.exists(), timeout_s=600, interval_s=0.05, what="a saved training state")
+        w.kill()
+    import torch
+
+    saved = torch.load(state, weights_only=False)["progress"]["step"]
+    assert 5 <= saved < 60 and saved % 5 == 0
+    with worker(env) as w:
+        w.wait_ready(timeout_s=600)
+        wait_until(lambda: registry_table.run(first)["state"] == "failed", timeout_s=120, interval_s=0.2, what="the sweep")
+        again = json.loads(voicegender(env, "retrain", "--wait", "--json", timeout_s=900).stdout)
+        log = w.log_tail(200_000)
+    assert again["state"] == "done" and again["id"] != first, again
+    assert f"resuming from {state} at step {saved} of 60" in log
+    assert not state.exists()  # taken up and finished: nothing left to resume
+    assert registry_table.run(again["id"])["candidate_version"] is not None
+
+
 def test_beat_runs_the_schedule_built_from_the_setting(service_env, redis_url, tmp_path):
     for cron, expected in ((None, "beat schedule: empty (VOICEGENDER_RETRAIN_CRON is not set)"), ("30 2 * * 1", "beat schedule: {'retrain': '<crontab: 30 2 * * 1")):
         env = service_env(broker_url=redis_url, retrain_cron=cron)

@@ -64,3 +64,24 @@ def test_a_state_of_other_options_is_refused_naming_them(data, tmp_path):
     resumed_steps = []
     train_split(clips, waves, split, features, TrainConfig(**{**CFG.__dict__, "save_every": 5}), version="v2", state_path=state, progress=lambda step, loss: resumed_steps.append(step))
     assert resumed_steps == [2, 3, 4, 5]
+
+
+def test_a_retrain_replaces_a_state_of_other_data_and_an_unreadable_one(data, tmp_path):
+    """The worker's retrain (other_state="replace") starts afresh where the CLI would refuse."""
+    clips, waves, split, features = data
+    state = tmp_path / "retrain_state.pt"
+    with pytest.raises(Killed):
+        train_split(clips, waves, split, features, CFG, version="v", state_path=state, progress=stop_at(2))
+    other = TrainConfig(**{**CFG.__dict__, "steps": 3, "save_every": 1})
+    steps = []
+    with pytest.raises(Killed):
+        train_split(clips, waves, split, features, other, version="v", state_path=state, other_state="replace", progress=lambda step, loss: steps.append(step) or stop_at(2)(step, loss))
+    assert steps == [0, 1, 2]  # from the start, and its own state now replaces the other
+    assert torch.load(state, weights_only=False)["identity"]["train_config"]["steps"] == 3
+    state.write_bytes(b"not a state")
+    with pytest.raises(StateMismatch, match="cannot be read"):
+        train_split(clips, waves, split, features, CFG, version="v", state_path=state)
+    steps.clear()
+    with pytest.raises(Killed):
+        train_split(clips, waves, split, features, CFG, version="v", state_path=state, other_state="replace", progress=lambda step, loss: steps.append(step) or stop_at(0)(step, loss))
+    assert steps == [0]
