@@ -20,9 +20,9 @@ from classifier.model import Calibration, ModelBundle, build_model, save_checkpo
 from classifier.pipeline import Classifier, prepare_waveform
 from training.data import BalancedCropSampler, augment_channel
 from training.masking import mask_features
+from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.pitch import pitch_ratios, shift_pitch
 from training.resume import Progress, StateMismatch, restore_state, run_identity, save_state
-from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.sources import LabelledClip
 from training.splits import Split
 
@@ -135,6 +135,8 @@ def train_split(
     A state of other data or options raises :class:`StateMismatch`, or with
     ``other_state="replace"`` is set aside and the run starts afresh.
     """
+    if cfg.save_every < 1:
+        raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill)
@@ -148,8 +150,6 @@ def train_split(
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bundle = ModelBundle(model=model, features=features, version=version)
-    if cfg.save_every < 1:
-        raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
     done, identity = Progress(), None
     if state_path is not None:
         identity = run_identity(asdict(cfg), features.to_dict(), split.to_dict(clips), init.sha256 if init else None)

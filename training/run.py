@@ -11,8 +11,8 @@ from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
 from classifier.model import load_checkpoint
 from training.data import load_waveforms
 from training.loop import TrainConfig, train_split, write_run
-from training.resume import STATE_FILE
 from training.metrics import mean_std
+from training.resume import STATE_FILE
 from training.sources import LabelledClip, read_source
 from training.splits import Split, audiomnist_gender_folds, split_by_corpus, split_by_speaker, split_random_clips
 
