@@ -13,6 +13,7 @@ import torch
 
 from classifier.audio import check_short_fill, load_audio, loop_to_length
 from classifier.errors import InvalidAudio
+from training.codecs import available_codecs, round_trip
 from training.sources import LabelledClip
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class BalancedCropSampler:
         return out
 
 
-def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low_shelf_prob: float = 0.0) -> torch.Tensor:
+def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low_shelf_prob: float = 0.0, codec_prob: float = 0.0) -> torch.Tensor:
     """Random channel so that channel carries no label (B, n) -> (B, n).
 
     Band limits (telephone low- and high-pass), a smooth random EQ tilt,
@@ -187,10 +188,15 @@ def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low
     (150-500 Hz) raised or lowered by up to 12 dB: bass-heavy microphones,
     close talking and handsets move that level. Off by default: on the
     digit hold-out it did not stop strong lows reading male
-    (models/MODEL_CARD.md, "Random low shelf").
+    (models/MODEL_CARD.md, "Random low shelf"). With ``codec_prob``, that
+    share of crops goes through a real speech codec (GSM, ADPCM, A-law, Opus,
+    MP3; training/codecs.py), drawn uniformly, after the band and before the
+    noise, as a call codes what the microphone hears.
     """
     if not 0 <= low_shelf_prob <= 1:
         raise ValueError(f"low_shelf_prob must be in [0, 1], got {low_shelf_prob}")
+    if not 0 <= codec_prob <= 1:
+        raise ValueError(f"codec_prob must be in [0, 1], got {codec_prob}")
     b, n = y.shape
     u = lambda: torch.rand(b, 1, generator=generator)  # noqa: E731
     spec = torch.fft.rfft(y, dim=-1)
@@ -211,6 +217,8 @@ def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low
     y = _normalise_peak(y)
     mu = (u() < 0.2).float()
     y = mu * _mu_law(y) + (1 - mu) * y
+    if codec_prob > 0:  # no draws when off
+        y = _code(y, sr=sr, prob=codec_prob, generator=generator)
     snr_db = 5 + 35 * u()
     noise = torch.randn(b, n, generator=generator)
     signal_power = y.square().mean(dim=-1, keepdim=True).clamp_min(1e-10)
@@ -229,6 +237,15 @@ def _reverberate(y: torch.Tensor, *, sr: int, apply: torch.Tensor, generator: to
     rir[:, 0] = 1.0
     wet = torch.fft.irfft(torch.fft.rfft(y, n=2 * n) * torch.fft.rfft(rir, n=2 * n), n=2 * n)[:, :n]
     return torch.where(apply[:, None], wet, y)
+
+
+def _code(y: torch.Tensor, *, sr: int, prob: float, generator: torch.Generator) -> torch.Tensor:
+    codecs = available_codecs()
+    b = y.shape[0]
+    apply = torch.rand(b, generator=generator) < prob
+    pick = torch.randint(len(codecs), (b,), generator=generator)
+    rows = [torch.from_numpy(round_trip(y[i].numpy(), sr, codecs[int(pick[i])])) if apply[i] else y[i] for i in range(b)]
+    return torch.stack(rows).to(y.dtype)
 
 
 def _normalise_peak(y: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class TrainConfig:
     pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
     spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
     low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
+    codec_prob: float = 0.0  # share of crops coded and decoded by a real speech codec: GSM, ADPCM, A-law, Opus, MP3 (training/codecs.py)
     # With short_fill "trim" (short clips scored at their own length): the share of batches
     # whose crops are narrower than the window, uniform from trim_min_width of it up to all of it.
     trim_width_prob: float = 0.5
@@ -73,7 +74,7 @@ def measure_standardization(sampler: BalancedCropSampler, features: FeatureConfi
 
 def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> float:
     if cfg.augment:
-        crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob)
+        crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
     if cfg.augment and cfg.spec_mask_prob > 0:  # no draws when off: a seed's batches stay what they were
         feats = mask_features(feats, model.feature_mean.flatten(), prob=cfg.spec_mask_prob, generator=gen)
@@ -202,7 +203,7 @@ def reestimate_batchnorm(model, sampler: BalancedCropSampler, features: FeatureC
             crops, _ = sampler.draw(cfg.batch_size)
             y = torch.from_numpy(crops)
             if cfg.augment:
-                y = augment_channel(y, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob)
+                y = augment_channel(y, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 model(compute_features(y, features))
     for bn in bns:

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     retrain_pitch_both_ways: bool = True
     retrain_spec_mask: float = Field(0.5, ge=0.0, le=1.0)  # share of crops with bands and stretches of their features hidden
     retrain_low_shelf: float = Field(0.0, ge=0.0, le=1.0)  # share of crops with the level below 150-500 Hz moved
+    retrain_codec: float = Field(0.0, ge=0.0, le=1.0)  # share of crops through a real speech codec (GSM, ADPCM, Opus, MP3)
     retrain_band_norm: Literal["none", "lows", "all"] = "none"  # FeatureConfig.band_norm of the candidate's features
     retrain_short_fill: ShortFill = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
     retrain_seed: int = 0

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # One retrain runs at a time (its training_runs row is the lock), so one state file: a retrain killed
 # part-way leaves it, and the next one with the same data and options goes on from it.
 RETRAIN_STATE = "retrain_state.pt"
-TRAIN_OVERRIDES = ("steps", "batch_size", "eval_every", "lr", "augment", "pitch_shift_prob", "pitch_both_ways", "spec_mask_prob", "low_shelf_prob")  # what a request may change
+TRAIN_OVERRIDES = ("steps", "batch_size", "eval_every", "lr", "augment", "pitch_shift_prob", "pitch_both_ways", "spec_mask_prob", "low_shelf_prob", "codec_prob")  # what a request may change
 
 
 class RetrainAborted(RuntimeError):
@@ -126,7 +126,8 @@ def _train_config(settings: Settings, overrides: dict[str, Any]) -> TrainConfig:
         "steps": settings.retrain_steps, "batch_size": settings.retrain_batch_size, "eval_every": settings.retrain_eval_every, "save_every": settings.retrain_save_every,
         "lr": settings.retrain_lr, "augment": settings.retrain_augment,
         "pitch_shift_prob": settings.retrain_pitch_shift, "pitch_both_ways": settings.retrain_pitch_both_ways,
-        "spec_mask_prob": settings.retrain_spec_mask, "low_shelf_prob": settings.retrain_low_shelf, **overrides,
+        "spec_mask_prob": settings.retrain_spec_mask, "low_shelf_prob": settings.retrain_low_shelf,
+        "codec_prob": settings.retrain_codec, **overrides,
     }
     # A short run warms up over a tenth of its steps; a full one over the usual 200.
     return TrainConfig(seed=settings.retrain_seed, warmup_steps=min(200, max(1, values["steps"] // 10)), bf16=use_bf16(settings.precision), **values)

@@ -10,14 +10,15 @@ def test_a_retrain_uses_the_shipped_models_pitch_shift_by_default(tmp_path):
     cfg = _train_config(Settings(data_dir=tmp_path), {})
     # models/MODEL_CARD.md: starter-6 (like starter-5) was trained with --pitch-shift 0.4 --pitch-both-ways --spec-mask 0.5, no shelf.
     assert cfg.pitch_shift_prob == 0.4 and cfg.pitch_both_ways and cfg.augment
-    assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0
+    assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0 and cfg.codec_prob == 0.0
 
 
 def test_settings_and_a_requests_overrides_change_the_recipe(tmp_path):
-    settings = Settings(data_dir=tmp_path, retrain_pitch_shift=0.0, retrain_pitch_both_ways=False, retrain_spec_mask=0.2, retrain_steps=40)
+    settings = Settings(data_dir=tmp_path, retrain_pitch_shift=0.0, retrain_pitch_both_ways=False, retrain_spec_mask=0.2, retrain_codec=0.25, retrain_steps=40)
     cfg = _train_config(settings, {"pitch_shift_prob": 0.2, "low_shelf_prob": 0.3})
     assert (cfg.pitch_shift_prob, cfg.pitch_both_ways, cfg.steps, cfg.warmup_steps) == (0.2, False, 40, 4)
-    assert (cfg.spec_mask_prob, cfg.low_shelf_prob) == (0.2, 0.3)
+    assert (cfg.spec_mask_prob, cfg.low_shelf_prob, cfg.codec_prob) == (0.2, 0.3, 0.25)
+    assert _train_config(settings, {"codec_prob": 0.6}).codec_prob == 0.6
 
 
 def test_a_retrain_trains_in_the_configured_precision(tmp_path, monkeypatch):

@@ -1,0 +1,35 @@
+"""scripts/holdout_report.py's figures on scores whose answers are known by hand."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location("holdout_report", Path(__file__).resolve().parents[2] / "scripts" / "holdout_report.py")
+holdout_report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(holdout_report)
+
+
+def test_figures_of_a_model_that_ranks_well_but_sits_its_threshold_wrong():
+    # Women at -1.5 .. -0.5 (all below 0: called male), men at -3 .. -2: perfectly ranked.
+    women = [-1.5, -1.0, -0.5, 0.5]
+    men = [-3.0, -2.5, -2.0, -2.2]
+    z = np.array(women + men)
+    is_female = np.array([True] * 4 + [False] * 4)
+    corpus = ["tel"] * 3 + ["studio"] + ["tel"] * 4
+    speaker = ["w1"] * 3 + ["w2"] + ["m1"] * 4
+    f = holdout_report.holdout_figures(z, is_female, corpus, speaker)
+    assert f["clips"] == 8 and f["auc"] == pytest.approx(1.0)
+    assert f["balanced_accuracy_at_0"] == pytest.approx((0.25 + 1.0) / 2)
+    assert f["best_threshold"] == -1.5 and f["balanced_accuracy_at_best"] == pytest.approx(1.0)
+    assert f["accuracy_at_0"] == {"studio/female": 1.0, "tel/female": 0.0, "tel/male": 1.0}
+    assert f["speakers_with_50_clips_at_0"] == {}
+
+
+def test_only_speakers_with_50_clips_are_listed():
+    z = np.r_[np.full(60, 1.0), np.full(40, -1.0), np.full(50, -1.0)]
+    z[:6] = -1.0  # six of the first woman's 60 clips read male
+    is_female = np.r_[np.ones(100, bool), np.zeros(50, bool)]
+    speaker = ["a"] * 60 + ["b"] * 40 + ["m"] * 50
+    f = holdout_report.holdout_figures(z, is_female, ["c"] * 150, speaker)
+    assert f["speakers_with_50_clips_at_0"] == {"a": 0.9, "m": 1.0}
