@@ -85,7 +85,9 @@ def summarise(data: JobReportData) -> dict[str, Any]:
     }
     if labelled:
         out["metrics"] = label_metrics([c["label"] for c in labelled], [c["prediction"] for c in labelled])
-        out["per_speaker"] = per_speaker_accuracy(labelled)
+        out["per_speaker"] = per_speaker_accuracy(labelled, done)
+        if out["per_speaker"]:
+            out["speaker_metrics"] = label_metrics([r["label"] for r in out["per_speaker"]], [r["verdict"] for r in out["per_speaker"]])
     return out
 
 
@@ -136,17 +138,35 @@ def label_metrics(y_true: list[str], y_pred: list[str]) -> dict[str, Any]:
     }
 
 
-def per_speaker_accuracy(labelled: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """[{speaker, label, n, accuracy}] for clips with a known speaker, worst first."""
+def per_speaker_accuracy(labelled: list[dict[str, Any]], done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{speaker, label, n, accuracy, p_female, verdict}] for clips with a known speaker, wrong verdicts first, then worst.
+
+    ``accuracy`` is per file. ``verdict`` is the speaker's files voting as a
+    file's windows do (mean log-odds; files marked uncertain vote too): one
+    person rarely changes gender between recordings, so a speaker's verdict
+    is steadier than any one short file's.
+    """
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in labelled:
         if c.get("speaker"):
             groups.setdefault(str(c["speaker"]), []).append(c)
-    rows = [
-        {"speaker": s, "label": cs[0]["label"], "n": len(cs), "accuracy": float(np.mean([c["label"] == c["prediction"] for c in cs]))}
-        for s, cs in groups.items()
-    ]
-    return sorted(rows, key=lambda r: (r["accuracy"], r["speaker"]))
+    voters: dict[str, list[float]] = {}
+    for c in done:
+        if c.get("speaker") and c.get("p_female") is not None:
+            voters.setdefault(str(c["speaker"]), []).append(_log_odds(c["p_female"]))
+    rows = []
+    for s, cs in groups.items():
+        z = float(np.mean(voters[s]))
+        rows.append({
+            "speaker": s, "label": cs[0]["label"], "n": len(cs), "accuracy": float(np.mean([c["label"] == c["prediction"] for c in cs])),
+            "p_female": float(1 / (1 + np.exp(-z))), "verdict": "female" if z >= 0 else "male",
+        })
+    return sorted(rows, key=lambda r: (r["verdict"] == r["label"], r["accuracy"], r["speaker"]))
+
+
+def _log_odds(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)  # a saturated p_female still votes, with a finite weight
+    return float(np.log(p / (1 - p)))
 
 
 def model_metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:

@@ -5,7 +5,9 @@ corpora it never heard. A seed alone moves balanced accuracy at log-odds 0 by
 several points there, while ROC AUC and the best threshold's balanced accuracy
 move by under one (models/MODEL_CARD.md), so this prints all three, and
 accuracy at 0 per corpus and gender and for every speaker with 50 clips or
-more. Raw (uncalibrated) log-odds per clip, as ``classify`` combines windows.
+more, and how many speakers the vote of all their clips (mean log-odds, as
+the job report's speaker verdict) gets right. Raw (uncalibrated) log-odds per
+clip, as ``classify`` combines windows.
 Usage:
 
     python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--json OUT]
@@ -49,6 +51,10 @@ def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], spe
         groups[f"{c}/{'female' if f else 'male'}"].append(ok)
         speakers[s].append(ok)
     threshold, best = best_threshold(z, is_female)
+    votes = defaultdict(list)
+    for s, f, v in zip(speaker, is_female, z):
+        votes[(s, bool(f))].append(v)
+    verdict_right = {(s, f): (np.mean(v) >= 0) == f for (s, f), v in votes.items()}
     return {
         "clips": len(z),
         "auc": weighted_auc(z, is_female, np.ones(len(z))),
@@ -56,6 +62,9 @@ def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], spe
         "best_threshold": threshold,
         "balanced_accuracy_at_best": best,
         "accuracy_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(groups.items())},
+        "speaker_votes_right_at_0": {
+            g: f"{sum(ok for (_, f), ok in verdict_right.items() if f == (g == 'female'))} of {sum(f == (g == 'female') for _, f in verdict_right)}" for g in ("female", "male")
+        },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
     }
 
@@ -80,6 +89,7 @@ def main() -> None:
         f"best threshold {figures['best_threshold']:.2f} ({figures['balanced_accuracy_at_best']:.3f})"
     )
     print(f"  at 0: {figures['accuracy_at_0']}")
+    print(f"  speakers whose clips' vote is right at 0: {figures['speaker_votes_right_at_0']}")
     print(f"  speakers with 50+ clips at 0: {figures['speakers_with_50_clips_at_0']}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))

@@ -24,6 +24,8 @@ def test_figures_of_a_model_that_ranks_well_but_sits_its_threshold_wrong():
     assert f["best_threshold"] == -1.5 and f["balanced_accuracy_at_best"] == pytest.approx(1.0)
     assert f["accuracy_at_0"] == {"studio/female": 1.0, "tel/female": 0.0, "tel/male": 1.0}
     assert f["speakers_with_50_clips_at_0"] == {}
+    # w1's clips vote -1.0 (male: wrong), w2's 0.5 (right), m1's -2.425 (right).
+    assert f["speaker_votes_right_at_0"] == {"female": "1 of 2", "male": "1 of 1"}
 
 
 def test_only_speakers_with_50_clips_are_listed():

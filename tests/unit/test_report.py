@@ -86,7 +86,26 @@ def test_summary_counts_errors_by_reason_and_speakers():
     assert s["errors_by_reason"] == [{"reason": "unreadable_audio", "count": 1, "examples": [("bad/noise.wav", "bad/noise.wav: not a readable audio file")]}]
     assert s["metrics"]["confusion_matrix"] == [[3, 1], [2, 2]]
     assert [(r["speaker"], r["n"], r["accuracy"]) for r in s["per_speaker"]] == [("s4", 2, 0.0), ("s2", 2, 0.5), ("s1", 2, 1.0), ("s3", 2, 1.0)]
+    # Each speaker's files vote by mean log-odds: s4 (0.6, 0.95) reads female, s2 (0.7, 0.2) male.
+    assert [r["verdict"] for r in s["per_speaker"]] == ["female", "male", "female", "male"]
+    assert s["per_speaker"][1]["p_female"] == pytest.approx(1 / (1 + np.sqrt(0.3 / 0.7 * 0.8 / 0.2)))
+    assert s["speaker_metrics"]["confusion_matrix"] == [[1, 1], [1, 1]]
     assert s["timings"]["wall_s"] == 25.0 and s["timings"]["audio_s"] == pytest.approx(10.0)
+
+
+def test_a_speakers_uncertain_files_vote_and_the_verdicts_are_shown():
+    clips = [
+        clip("a.wav", "male", "male", 0.4, speaker="s6"), clip("b.wav", "male", "female", 0.6, speaker="s6"),
+        clip("c.wav", "male", "uncertain", 0.45, speaker="s6"),  # not a labelled file, but it votes
+        clip("d.wav", "female", "female", 0.9, speaker="s7"), clip("e.wav", "female", "female", 0.8),  # no speaker: no row
+    ]
+    s = summarise(report_data(clips))
+    assert [(r["speaker"], r["n"], r["accuracy"], r["verdict"]) for r in s["per_speaker"]] == [("s6", 2, 0.5, "male"), ("s7", 1, 1.0, "female")]
+    assert s["speaker_metrics"]["balanced_accuracy"] == 1.0
+    html = render_job_report(report_data(clips))
+    table = html[html.index('<table id="speakers">'):html.index("</table>", html.index('<table id="speakers">'))]
+    assert '<span id="speaker-verdicts">2 of 2</span>' in table and 'id="speaker-balanced-accuracy">1.0000<' in table
+    assert "<td>s6</td><td>male</td><td class=\"num\">2</td><td class=\"num\">0.500</td><td>male</td><td class=\"num\">0.483</td>" in table
 
 
 def test_user_text_is_escaped_everywhere():
