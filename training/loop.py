@@ -159,7 +159,7 @@ def train_split(
         except StateMismatch as exc:
             if other_state != "replace":
                 raise
-            log.warning("%s; starting afresh", exc)
+            log.warning("%s; it will be replaced: starting afresh", exc.reason)
         if done.step:
             log.info("resuming from %s at step %d of %d", state_path, done.step, cfg.steps)
     curve, losses, started = done.curve, done.losses, time.monotonic() - done.elapsed_s

@@ -22,7 +22,14 @@ FORMAT = 1
 
 
 class StateMismatch(ValueError):
-    """The state on disk belongs to a run with other options or data."""
+    """The state on disk belongs to a run with other options or data, or cannot be read.
+
+    ``reason`` says what is wrong; the message adds what a person can do about it.
+    """
+
+    def __init__(self, reason: str, advice: str = "remove it to start again") -> None:
+        super().__init__(f"{reason}; {advice}")
+        self.reason = reason
 
 
 @dataclass
@@ -76,13 +83,13 @@ def restore_state(path: Path, identity: dict, *, model, opt, gen: torch.Generato
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # written atomically, so only damage or another program's file gets here
-        raise StateMismatch(f"{path} cannot be read as a training state ({exc.__class__.__name__}: {exc}); remove it to start again") from exc
+        raise StateMismatch(f"{path} cannot be read as a training state ({exc.__class__.__name__}: {exc})") from exc
     if state.get("format") != FORMAT:
-        raise StateMismatch(f"{path} is a training state of format {state.get('format')!r}, this version reads {FORMAT}; remove it to start again")
+        raise StateMismatch(f"{path} is a training state of format {state.get('format')!r}, this version reads {FORMAT}")
     saved = state["identity"]
     if saved != identity:
         differs = sorted(_differences(saved, identity))
-        raise StateMismatch(f"{path} belongs to another run ({', '.join(differs)} differ); continue it with its own options, or remove it to start again")
+        raise StateMismatch(f"{path} belongs to another run ({', '.join(differs)} differ)", "continue it with its own options, or remove it to start again")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])

@@ -66,7 +66,7 @@ def test_a_state_of_other_options_is_refused_naming_them(data, tmp_path):
     assert resumed_steps == [2, 3, 4, 5]
 
 
-def test_a_retrain_replaces_a_state_of_other_data_and_an_unreadable_one(data, tmp_path):
+def test_a_retrain_replaces_a_state_of_other_data_and_an_unreadable_one(data, tmp_path, caplog):
     """The worker's retrain (other_state="replace") starts afresh where the CLI would refuse."""
     clips, waves, split, features = data
     state = tmp_path / "retrain_state.pt"
@@ -77,9 +77,12 @@ def test_a_retrain_replaces_a_state_of_other_data_and_an_unreadable_one(data, tm
     with pytest.raises(Killed):
         train_split(clips, waves, split, features, other, version="v", state_path=state, other_state="replace", progress=lambda step, loss: steps.append(step) or stop_at(2)(step, loss))
     assert steps == [0, 1, 2]  # from the start, and its own state now replaces the other
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "belongs to another run (train_config.steps differ)" in warned[0]
+    assert warned[0].endswith("it will be replaced: starting afresh") and "remove it" not in warned[0]  # no advice the worker does not take
     assert torch.load(state, weights_only=False)["identity"]["train_config"]["steps"] == 3
     state.write_bytes(b"not a state")
-    with pytest.raises(StateMismatch, match="cannot be read"):
+    with pytest.raises(StateMismatch, match="cannot be read.*; remove it to start again$"):
         train_split(clips, waves, split, features, CFG, version="v", state_path=state)
     steps.clear()
     with pytest.raises(Killed):
