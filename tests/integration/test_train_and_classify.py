@@ -118,6 +118,24 @@ def test_a_killed_training_goes_on_from_its_saved_state(synthetic_audiomnist, tm
     assert json.loads((out / "metrics.json").read_text())["learning_curve"][-1]["step"] == 12
 
 
+def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
+    """scripts/holdout_report.py and scripts/codec_robustness.py on a real run, so the model card's commands keep working."""
+    n_val = len(json.loads((trained_run / "split.json").read_text())["val"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for script, args in (
+        ("holdout_report.py", [str(trained_run), str(synthetic_audiomnist)]),
+        ("codec_robustness.py", [str(trained_run / "model.pt"), str(trained_run / "split.json"), str(synthetic_audiomnist), "--codec", "gsm", "--codec", "opus"]),
+    ):
+        proc = subprocess.run([sys.executable, f"scripts/{script}", *args, "--json", str(tmp_path / f"{script}.json")], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    held = json.loads((tmp_path / "holdout_report.py.json").read_text())
+    assert held["clips"] == n_val and held["balanced_accuracy_at_best"] >= held["balanced_accuracy_at_0"]
+    assert set(held["accuracy_at_0"]) == {"audiomnist/female", "audiomnist/male"}
+    coded = json.loads((tmp_path / "codec_robustness.py.json").read_text())
+    assert list(coded) == ["as recorded", "gsm", "opus"] and {r["clips"] for r in coded.values()} == {n_val}
+    assert coded["gsm"] != coded["as recorded"]  # the codec reached the model
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     proc = run_cli("classify", str(tmp_path), "--model", str(tmp_path / "none.pt"), check=False)
     assert proc.returncode == 2
