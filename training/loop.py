@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, ModelBundle, build_model, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
+from training.codecs import available_codecs
 from training.data import BalancedCropSampler, augment_channel
 from training.masking import mask_features
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
@@ -138,6 +139,10 @@ def train_split(
     """
     if cfg.save_every < 1:
         raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
+    if not 0 <= cfg.codec_prob <= 1:
+        raise ValueError(f"codec_prob must be in [0, 1], got {cfg.codec_prob}")
+    if cfg.codec_prob > 0 and not available_codecs():
+        raise ValueError("codec_prob needs a libsndfile that writes GSM, ADPCM, Opus or MP3; this one writes none (soundfile's own wheels do)")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill)

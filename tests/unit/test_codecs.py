@@ -71,3 +71,14 @@ def test_codec_augmentation_draws_nothing_when_off_and_codes_the_asked_share():
     assert 8 <= int(half_changed.sum()) <= 32
     with pytest.raises(ValueError, match="codec_prob"):
         augment_channel(y, sr=8000, generator=torch.Generator(), codec_prob=-0.1)
+
+
+def test_a_run_refuses_a_bad_codec_share_and_a_libsndfile_without_codecs_before_it_builds_anything(monkeypatch):
+    from training import loop
+
+    # Nothing of the run is needed: the options are checked first.
+    with pytest.raises(ValueError, match=r"codec_prob must be in \[0, 1\], got 1.5"):
+        loop.train_split([], [], None, None, loop.TrainConfig(codec_prob=1.5), version="v")
+    monkeypatch.setattr(loop, "available_codecs", lambda: ())
+    with pytest.raises(ValueError, match="writes none"):
+        loop.train_split([], [], None, None, loop.TrainConfig(codec_prob=0.3), version="v")
