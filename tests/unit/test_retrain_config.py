@@ -39,7 +39,7 @@ def test_an_unknown_option_and_a_share_outside_0_1_are_refused(tmp_path):
 
 def test_a_candidate_is_trained_and_stored_with_the_configured_features(tmp_path, synthetic_audiomnist):
     """A candidate is trained with, and stores, the band_norm and short_fill the retrain passes it
-    (worker/retrain.py passes VOICEGENDER_RETRAIN_BAND_NORM and _SHORT_FILL); the checkpoint alone decides preprocessing."""
+    (worker/retrain.py passes VOICEGENDER_RETRAIN_BAND_NORM, _SHORT_FILL and _FMIN); the checkpoint alone decides preprocessing."""
     from classifier.model import load_checkpoint
     from training.lifecycle import retrain_split, train_candidate
     from training.sources import read_source
@@ -47,15 +47,17 @@ def test_a_candidate_is_trained_and_stored_with_the_configured_features(tmp_path
     sources = read_source(synthetic_audiomnist)
     held_out = [next(c.speaker for c in sources if c.gender == g) for g in ("female", "male")]
     clips, split = retrain_split(sources, [], held_out, val_fraction=0.2, seed=0)
-    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_short_fill="loop", retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
+    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_short_fill="loop", retrain_fmin=300, retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
     candidate = train_candidate(
-        clips, split, feature_kind="logmel", band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, cfg=_train_config(settings, {}),
+        clips, split, feature_kind="logmel", band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, fmin=settings.retrain_fmin, cfg=_train_config(settings, {}),
         version="c1", out_dir=tmp_path / "c1", cache_dir=None,
     )
     features = load_checkpoint(candidate.checkpoint).features
-    assert features.band_norm == "all" and features.short_fill == "loop"
+    assert (features.band_norm, features.short_fill, features.fmin) == ("all", "loop", 300.0)
     assert candidate.held_out_metrics["n"] == sum(c.speaker in held_out for c in clips)
     with pytest.raises(ValidationError, match="retrain_band_norm"):
         Settings(data_dir=tmp_path, retrain_band_norm="treble")
     with pytest.raises(ValidationError, match="retrain_short_fill"):
         Settings(data_dir=tmp_path, retrain_short_fill="mirror")
+    with pytest.raises(ValidationError, match="retrain_fmin"):
+        Settings(data_dir=tmp_path, retrain_fmin=4000)

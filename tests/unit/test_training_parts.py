@@ -255,3 +255,20 @@ def test_trim_draws_narrower_batches_and_other_fills_draw_nothing():
     shifted = TrainConfig(batch_size=4, pitch_shift_prob=0.5, pitch_both_ways=True)
     shapes = {draw_batch(sampler, shifted, trim, gen)[0].shape for _ in range(12)}
     assert len(shapes) > 2 and all(s[0] == 4 and 2000 <= s[1] <= 8000 for s in shapes)  # pitch-shifted crops come out at the batch's width
+
+
+def test_fmin_moves_the_lowest_mel_band_and_the_features_leave_out_what_lies_below():
+    from classifier.features import compute_features
+    from training.run import feature_config_for
+
+    default, raised = feature_config_for("logmel"), feature_config_for("logmel", fmin=300)
+    assert (default.fmin, raised.fmin, raised.n_mels) == (50.0, 300.0, 48)
+    t = torch.arange(default.window_samples) / default.sample_rate
+    hum, voice = torch.sin(2 * math.pi * 80 * t)[None], torch.sin(2 * math.pi * 1000 * t)[None]
+    # An 80 Hz hum added to a 1 kHz tone moves the default features by tens of dB; above 300 Hz only its window leakage is seen.
+    moved = lambda cfg: (compute_features(0.3 * voice + 0.3 * hum, cfg) - compute_features(0.3 * voice, cfg)).abs().max().item()  # noqa: E731
+    assert moved(default) > 20 and moved(raised) < 0.1 * moved(default)
+    with pytest.raises(ValueError, match="fmin must be in"):
+        feature_config_for("logmel", fmin=4000)
+    with pytest.raises(ValueError, match="logmel features only"):
+        feature_config_for("mfcc", fmin=300)
