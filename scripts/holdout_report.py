@@ -10,7 +10,7 @@ the job report's speaker verdict) gets right. Raw (uncalibrated) log-odds per
 clip, as ``classify`` combines windows.
 Usage:
 
-    python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--json OUT]
+    python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--also-at RAW ...] [--json OUT]
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def best_threshold(z: np.ndarray, is_female: np.ndarray) -> tuple[float, float]:
     return float(candidates[k]), float(scores[k])
 
 
-def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], speaker: list[str]) -> dict:
+def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], speaker: list[str], also_at: tuple[float, ...] = ()) -> dict:
+    """``also_at``: raw thresholds (another model's calibrated one, say) to score the clips at as well."""
     right = (z >= 0) == is_female
     groups, speakers = defaultdict(list), defaultdict(list)
     for c, s, f, ok in zip(corpus, speaker, is_female, right):
@@ -66,6 +67,7 @@ def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], spe
             g: f"{sum(ok for (_, f), ok in verdict_right.items() if f == (g == 'female'))} of {sum(f == (g == 'female') for _, f in verdict_right)}" for g in ("female", "male")
         },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
+        "balanced_accuracy_at": {f"{t:g}": balanced_accuracy(z, is_female, t) for t in also_at},
     }
 
 
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("manifest", type=Path)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--also-at", type=float, action="append", default=[], metavar="RAW", help="also score at this raw log-odds threshold, e.g. a shipped model's calibrated one (repeatable)")
     args = ap.parse_args()
 
     bundle = load_checkpoint(args.run_dir / "model.pt")
@@ -83,7 +86,7 @@ def main() -> None:
     waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
     z, is_female = file_log_odds(bundle, clips, waves, val)
     kept = [i for i in val if waves[i] is not None]
-    figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept])
+    figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at))
     print(
         f"{args.run_dir.name}: {figures['clips']} clips, AUC {figures['auc']:.3f}, balanced accuracy at 0 {figures['balanced_accuracy_at_0']:.3f}, "
         f"best threshold {figures['best_threshold']:.2f} ({figures['balanced_accuracy_at_best']:.3f})"
@@ -91,6 +94,8 @@ def main() -> None:
     print(f"  at 0: {figures['accuracy_at_0']}")
     print(f"  speakers whose clips' vote is right at 0: {figures['speaker_votes_right_at_0']}")
     print(f"  speakers with 50+ clips at 0: {figures['speakers_with_50_clips_at_0']}")
+    for t, ba in figures["balanced_accuracy_at"].items():
+        print(f"  balanced accuracy at {t}: {ba:.3f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -38,8 +38,8 @@ def test_starter_model_classifies_the_bundled_examples():
     correct = sum(got[name]["prediction"] == gender for name, gender in truth.items())
     # These speakers come from the shared corpus (some were trained on): a smoke check
     # of the shipped weights and preprocessing, not a measure of accuracy (see the card).
-    # A broken pipeline scores about half. starter-6 misses one Asterisk clip of july_jimenez
-    # (p_female 0.42; 0.98 of her validation clips are right); see the card.
+    # A broken pipeline scores about half. starter-8 gets all 12 (starter-6 missed one Asterisk
+    # clip of july_jimenez, p_female 0.42); one miss is allowed, as a retrained model may differ there.
     assert correct >= 11, {n: (got[n]["prediction"], truth[n], got[n]["p_female"]) for n in truth}
 
 

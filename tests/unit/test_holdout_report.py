@@ -35,3 +35,11 @@ def test_only_speakers_with_50_clips_are_listed():
     speaker = ["a"] * 60 + ["b"] * 40 + ["m"] * 50
     f = holdout_report.holdout_figures(z, is_female, ["c"] * 150, speaker)
     assert f["speakers_with_50_clips_at_0"] == {"a": 0.9, "m": 1.0}
+
+
+def test_also_at_scores_the_clips_at_another_models_threshold():
+    z = np.array([-1.5, -1.0, 0.5, -3.0, -2.0, -0.8])
+    is_female = np.array([True, True, True, False, False, False])
+    f = holdout_report.holdout_figures(z, is_female, ["c"] * 6, ["w"] * 3 + ["m"] * 3, also_at=(-1.2, 0.0))
+    # At -1.2 two of three women and two of three men are right; at 0 one woman and every man.
+    assert f["balanced_accuracy_at"] == {"-1.2": pytest.approx(2 / 3), "0": pytest.approx((1 / 3 + 1) / 2)}
