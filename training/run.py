@@ -28,11 +28,11 @@ class RunResult:
     features: dict = field(default_factory=dict)
 
 
-LOGMEL_FMIN = 50.0  # the starter model's lowest band edge, Hz
+LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starter-8 was trained with --fmin 300)
 
 
 def feature_config_for(kind: str, band_norm: str = "none", short_fill: str = "zeros", fmin: float | None = None) -> FeatureConfig:
-    """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter model's features.
+    """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter models' features.
 
     ``fmin`` (log-mel only) moves the lowest mel band edge up from 50 Hz, so
     the bands below it, which telephone channels cut or boost, are not input.

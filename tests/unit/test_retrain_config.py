@@ -8,7 +8,7 @@ from worker.retrain import _train_config
 
 def test_a_retrain_uses_the_shipped_models_pitch_shift_by_default(tmp_path):
     cfg = _train_config(Settings(data_dir=tmp_path), {})
-    # models/MODEL_CARD.md: starter-6 (like starter-5) was trained with --pitch-shift 0.4 --pitch-both-ways --spec-mask 0.5, no shelf.
+    # models/MODEL_CARD.md: starter-8 (like starter-6) was trained with --pitch-shift 0.4 --pitch-both-ways --spec-mask 0.5, no shelf, no codec.
     assert cfg.pitch_shift_prob == 0.4 and cfg.pitch_both_ways and cfg.augment
     assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0 and cfg.codec_prob == 0.0
     assert Settings(data_dir=tmp_path).retrain_fmin == 300.0  # starter-8's mel bands start at 300 Hz
