@@ -61,6 +61,8 @@ def main() -> None:
             "women_right": float(right[is_female].mean()),
             "men_right": float(right[~is_female].mean()),
             "auc": weighted_auc(z, is_female, np.ones(len(z))),
+            # How far the codec moves the verdicts, even where none crosses the threshold.
+            "median_log_odds": {"female": float(np.median(z[is_female])), "male": float(np.median(z[~is_female]))},
         }
         r = rows[name]
         print(f"{name:>12}: {r['clips']} clips, balanced accuracy {r['balanced_accuracy']:.3f} (women {r['women_right']:.3f}, men {r['men_right']:.3f}), AUC {r['auc']:.4f}", flush=True)

@@ -133,7 +133,8 @@ def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_ru
     assert set(held["accuracy_at_0"]) == {"audiomnist/female", "audiomnist/male"}
     coded = json.loads((tmp_path / "codec_robustness.py.json").read_text())
     assert list(coded) == ["as recorded", "gsm", "opus"] and {r["clips"] for r in coded.values()} == {n_val}
-    assert coded["gsm"] != coded["as recorded"]  # the codec reached the model
+    # The codec reached the model: its log-odds move (a tiny model on synthetic voices may stay right on every clip).
+    assert coded["gsm"]["median_log_odds"] != coded["as recorded"]["median_log_odds"]
 
 
 def test_missing_model_is_one_clear_line(tmp_path):
