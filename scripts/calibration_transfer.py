@@ -11,7 +11,6 @@ the same speakers at raw log-odds 0 and at a fixed threshold. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import load_checkpoint  # noqa: E402
 from training.calibrate import fit_bias  # noqa: E402
-from training.data import load_waveforms  # noqa: E402
-from training.loop import file_log_odds  # noqa: E402
-from training.metrics import speaker_balanced_weights  # noqa: E402
+from training.loop import run_validation_log_odds  # noqa: E402
+from training.metrics import balanced_accuracy_at, speaker_balanced_weights  # noqa: E402
 from training.sources import read_source  # noqa: E402
-
-
-def balanced_accuracy(z: np.ndarray, is_female: np.ndarray, threshold: float) -> float:
-    return float(((z[is_female] >= threshold).mean() + (z[~is_female] < threshold).mean()) / 2)
 
 
 def main() -> None:
@@ -41,17 +34,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    bundle = load_checkpoint(args.run_dir / "model.pt")
     clips = read_source(args.manifest)
-    val = json.loads((args.run_dir / "split.json").read_text())["val"]
-    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
-    z, is_female = file_log_odds(bundle, clips, waves, val)
-    speaker = np.array([clips[i].speaker for i in val if waves[i] is not None])
-    print(f"{args.run_dir.name}: {len(z)} clips; balanced accuracy at raw 0 {balanced_accuracy(z, is_female, 0.0):.3f}, at {args.fixed} {balanced_accuracy(z, is_female, args.fixed):.3f}")
+    _, kept, z, is_female = run_validation_log_odds(args.run_dir, clips, cache_dir=args.cache_dir)
+    speaker = np.array([clips[i].speaker for i in kept])
+    print(f"{args.run_dir.name}: {len(z)} clips; balanced accuracy at raw 0 {balanced_accuracy_at(z, is_female, 0.0):.3f}, at {args.fixed} {balanced_accuracy_at(z, is_female, args.fixed):.3f}")
 
     rng = np.random.default_rng(args.seed)
     women = sorted(set(speaker[is_female]))
     men = sorted(set(speaker[~is_female]))
+    if min(len(women), len(men)) < 2:
+        # Calibrating on one speaker of a gender would leave none of it to score.
+        sys.exit(f"needs two or more validation speakers of each gender; {args.run_dir / 'split.json'} has {len(women)} women and {len(men)} men")
     # The scale a raw model would carry (1): only the threshold matters for these figures.
     for k in (1, 2):
         if k >= min(len(women), len(men)):
@@ -64,7 +57,7 @@ def main() -> None:
                 sel = np.concatenate([rng.choice(p, min(n, len(p)), replace=False) for p in pools])
                 cal = fit_bias(z[sel], is_female[sel], speaker_balanced_weights(list(speaker[sel]), is_female[sel]), scale=1.0)
                 rest = ~np.isin(speaker, chosen)
-                rows.append([balanced_accuracy(z[rest], is_female[rest], t) for t in (-cal.bias / cal.scale, 0.0, args.fixed)])
+                rows.append([balanced_accuracy_at(z[rest], is_female[rest], t) for t in (-cal.bias / cal.scale, 0.0, args.fixed)])
             r = np.array(rows)
             print(
                 f"{k} {'woman' if k == 1 else 'women'} + {k} {'man' if k == 1 else 'men'}, {n} clips each: calibrated {r[:, 0].mean():.3f} (10th percentile {np.percentile(r[:, 0], 10):.3f}); "

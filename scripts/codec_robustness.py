@@ -25,6 +25,7 @@ from training.calibrate import weighted_auc  # noqa: E402
 from training.codecs import available_codecs, round_trip  # noqa: E402
 from training.data import load_waveforms  # noqa: E402
 from training.loop import file_log_odds  # noqa: E402
+from training.metrics import balanced_accuracy_at  # noqa: E402
 from training.sources import read_source  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main() -> None:
         right = (z >= threshold) == is_female
         rows[name] = {
             "clips": len(z),
-            "balanced_accuracy": float((right[is_female].mean() + right[~is_female].mean()) / 2),
+            "balanced_accuracy": balanced_accuracy_at(z, is_female, threshold),
             "women_right": float(right[is_female].mean()),
             "men_right": float(right[~is_female].mean()),
             "auc": weighted_auc(z, is_female, np.ones(len(z))),

@@ -24,22 +24,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import load_checkpoint  # noqa: E402
 from training.calibrate import weighted_auc  # noqa: E402
-from training.data import load_waveforms  # noqa: E402
-from training.loop import file_log_odds  # noqa: E402
+from training.loop import run_validation_log_odds  # noqa: E402
+from training.metrics import balanced_accuracy_at  # noqa: E402
 from training.sources import read_source  # noqa: E402
-
-
-def balanced_accuracy(z: np.ndarray, is_female: np.ndarray, threshold: float) -> float:
-    right = (z >= threshold) == is_female
-    return float((right[is_female].mean() + right[~is_female].mean()) / 2)
 
 
 def best_threshold(z: np.ndarray, is_female: np.ndarray) -> tuple[float, float]:
     """The raw threshold with the highest balanced accuracy, and that accuracy (an oracle: a ceiling, not a result)."""
     candidates = np.unique(z)
-    scores = [balanced_accuracy(z, is_female, t) for t in candidates]
+    scores = [balanced_accuracy_at(z, is_female, t) for t in candidates]
     k = int(np.argmax(scores))
     return float(candidates[k]), float(scores[k])
 
@@ -59,7 +53,7 @@ def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], spe
     return {
         "clips": len(z),
         "auc": weighted_auc(z, is_female, np.ones(len(z))),
-        "balanced_accuracy_at_0": balanced_accuracy(z, is_female, 0.0),
+        "balanced_accuracy_at_0": balanced_accuracy_at(z, is_female, 0.0),
         "best_threshold": threshold,
         "balanced_accuracy_at_best": best,
         "accuracy_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(groups.items())},
@@ -67,7 +61,7 @@ def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], spe
             g: f"{sum(ok for (_, f), ok in verdict_right.items() if f == (g == 'female'))} of {sum(f == (g == 'female') for _, f in verdict_right)}" for g in ("female", "male")
         },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
-        "balanced_accuracy_at": {f"{t:g}": balanced_accuracy(z, is_female, t) for t in also_at},
+        "balanced_accuracy_at": {f"{t:g}": balanced_accuracy_at(z, is_female, t) for t in also_at},
     }
 
 
@@ -80,12 +74,8 @@ def main() -> None:
     ap.add_argument("--also-at", type=float, action="append", default=[], metavar="RAW", help="also score at this raw log-odds threshold, e.g. a shipped model's calibrated one (repeatable)")
     args = ap.parse_args()
 
-    bundle = load_checkpoint(args.run_dir / "model.pt")
     clips = read_source(args.manifest)
-    val = json.loads((args.run_dir / "split.json").read_text())["val"]
-    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
-    z, is_female = file_log_odds(bundle, clips, waves, val)
-    kept = [i for i in val if waves[i] is not None]
+    _, kept, z, is_female = run_validation_log_odds(args.run_dir, clips, cache_dir=args.cache_dir)
     figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at))
     print(
         f"{args.run_dir.name}: {figures['clips']} clips, AUC {figures['auc']:.3f}, balanced accuracy at 0 {figures['balanced_accuracy_at_0']:.3f}, "

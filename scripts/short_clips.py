@@ -28,6 +28,7 @@ from classifier.model import load_checkpoint  # noqa: E402
 from training.calibrate import weighted_auc  # noqa: E402
 from training.data import load_waveforms  # noqa: E402
 from training.loop import file_log_odds  # noqa: E402
+from training.metrics import balanced_accuracy_at  # noqa: E402
 from training.sources import read_source  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def report(name: str, z: np.ndarray, is_female: np.ndarray, groups: list[tuple[s
         per_group[f"{g[0]}/{g[1]}"].append(ok)
     row = {
         "clips": len(z),
-        "balanced_accuracy": float((right[is_female].mean() + right[~is_female].mean()) / 2),
+        "balanced_accuracy": balanced_accuracy_at(z, is_female, threshold),
         "auc": weighted_auc(z, is_female, np.ones(len(z))),
         "accuracy": {k: round(float(np.mean(v)), 3) for k, v in sorted(per_group.items())},
     }

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from classifier.features import FeatureConfig, compute_features
-from classifier.model import Calibration, ModelBundle, build_model, save_checkpoint
+from classifier.model import Calibration, ModelBundle, build_model, load_checkpoint, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.codecs import available_codecs
-from training.data import BalancedCropSampler, augment_channel
+from training.data import BalancedCropSampler, augment_channel, load_waveforms
 from training.masking import mask_features
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.pitch import pitch_ratios, shift_pitch
@@ -231,6 +231,18 @@ def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int], *, prog
             progress(len(batch))
     truth = [clips[i].gender == "female" for i in indices if waves[i] is not None]
     return np.array([r.log_odds for r in results]), np.array(truth)
+
+
+def run_validation_log_odds(run_dir: Path, clips, *, cache_dir: Path | None = None) -> tuple[ModelBundle, list[int], np.ndarray, np.ndarray]:
+    """A finished run's model scored on its own validation clips (its ``split.json``'s ``val``).
+
+    Returns the bundle, the validation indices that decoded, their raw log-odds and whether each is female.
+    """
+    bundle = load_checkpoint(run_dir / "model.pt")
+    val = json.loads((run_dir / "split.json").read_text())["val"]
+    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=cache_dir)
+    z, is_female = file_log_odds(bundle, clips, waves, val)
+    return bundle, [i for i in val if waves[i] is not None], z, is_female
 
 
 def evaluate(bundle: ModelBundle, clips, waves, indices: list[int]) -> dict:

@@ -41,6 +41,12 @@ def classification_metrics(y_true: list[str], y_pred: list[str]) -> dict:
     }
 
 
+def balanced_accuracy_at(log_odds: np.ndarray, is_female: np.ndarray, threshold: float) -> float:
+    """Balanced accuracy per clip when "female" means raw log-odds at or above ``threshold``."""
+    right = (log_odds >= threshold) == is_female
+    return float((right[is_female].mean() + right[~is_female].mean()) / 2)
+
+
 def per_group_accuracy(groups: list[str], y_true: list[str], y_pred: list[str]) -> dict[str, dict]:
     """Accuracy per group (speaker, corpus): {group: {"n", "accuracy", "gender"}}."""
     acc: dict[str, list] = defaultdict(list)

@@ -137,6 +137,31 @@ def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_ru
     assert coded["gsm"]["median_log_odds"] != coded["as recorded"]["median_log_odds"]
 
 
+def test_the_calibration_transfer_script_scores_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
+    """scripts/calibration_transfer.py (the model card's `calibrate` figures) on a real run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def transfer(run: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "scripts/calibration_transfer.py", str(run), str(synthetic_audiomnist), "--draws", "5"],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+    # The run validates on one speaker per gender: nobody would be left to score, and the script says so.
+    proc = transfer(trained_run)
+    assert proc.returncode == 1 and "has 1 women and 1 men" in proc.stderr, proc.stderr[-3000:]
+    # The same model with every speaker in validation (a smoke test of the path, not a transfer figure).
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    (wide / "model.pt").symlink_to(trained_run / "model.pt")
+    split = json.loads((trained_run / "split.json").read_text())
+    (wide / "split.json").write_text(json.dumps({**split, "val": sorted(split["train"] + split["val"])}))
+    proc = transfer(wide)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wide: {len(split['train']) + len(split['val'])} clips; balanced accuracy at raw 0 " in proc.stdout
+    for k in ("1 woman + 1 man", "2 women + 2 men"):
+        for n in (5, 10, 20):
+            assert f"{k}, {n} clips each: calibrated " in proc.stdout, proc.stdout
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     proc = run_cli("classify", str(tmp_path), "--model", str(tmp_path / "none.pt"), check=False)
     assert proc.returncode == 2

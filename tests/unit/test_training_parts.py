@@ -10,7 +10,7 @@ import torch
 from classifier.errors import InvalidDataset
 from training.data import BalancedCropSampler, augment_channel
 from training.loop import fit_platt, lr_at, TrainConfig
-from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy
+from training.metrics import balanced_accuracy_at, classification_metrics, expected_calibration_error, per_group_accuracy
 from training.sources import LabelledClip, read_source
 from training.splits import AUDIOMNIST_GENDER_FOLDS, audiomnist_gender_folds, split_by_corpus, split_by_speaker, split_random_clips
 
@@ -36,6 +36,17 @@ def test_metrics_by_hand():
     assert m["per_class"]["male"]["precision"] == pytest.approx(0.5)
     acc = per_group_accuracy(["a", "a", "b"], ["female", "female", "male"], ["female", "male", "male"])
     assert acc["a"]["accuracy"] == 0.5 and acc["b"] == {"n": 1, "accuracy": 1.0, "gender": "male"}
+
+
+def test_balanced_accuracy_at_a_raw_threshold_agrees_with_the_metrics():
+    z = np.array([2.0, 0.5, -0.5, -3.0, -1.0, 1.0])
+    is_female = np.array([True, True, True, True, False, False])
+    for threshold in (-2.0, -0.7, 0.0, 0.7):
+        pred = ["female" if v >= threshold else "male" for v in z]
+        truth = ["female" if f else "male" for f in is_female]
+        assert balanced_accuracy_at(z, is_female, threshold) == pytest.approx(classification_metrics(truth, pred)["balanced_accuracy"])
+    # At 0: women 2 of 4, men 1 of 2.
+    assert balanced_accuracy_at(z, is_female, 0.0) == pytest.approx(0.5)
 
 
 def test_ece_zero_when_confidence_matches_accuracy():
