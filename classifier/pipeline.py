@@ -6,6 +6,7 @@ short clips costs one feature call and one forward per ``batch_windows``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from classifier.errors import InvalidAudio
 from classifier.features import compute_features
 from classifier.gradcam import GradCAM
 from classifier.model import ModelBundle
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +82,9 @@ def use_bf16(precision: str, device: str | torch.device = "cpu") -> bool:
     """``precision`` is "bf16", "fp32", or "auto" (bf16 where the hardware computes it fast)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "bf16" and not bf16_is_native(device):
+        # Honoured, but said: emulated bf16 made a training step 14x slower on an AVX2 CPU (README, Performance).
+        log.warning("bf16 asked for on %s, which does not compute it in hardware (a CPU needs AMX): it is emulated and much slower than fp32", device)
     return precision == "bf16" or (precision == "auto" and bf16_is_native(device))
 
 

@@ -100,3 +100,14 @@ def test_auto_takes_bf16_on_a_cpu_only_with_amx(monkeypatch, avx512_bf16, amx, e
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     assert use_bf16("auto", "cpu") is expected
     assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_asked_for_without_bf16_units_is_honoured_with_a_warning(monkeypatch, caplog, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    with caplog.at_level("WARNING", logger="classifier.pipeline"):
+        assert use_bf16("bf16", "cpu") is True
+        use_bf16("auto", "cpu")
+        use_bf16("fp32", "cpu")
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert warned == ([] if amx else ["bf16 asked for on cpu, which does not compute it in hardware (a CPU needs AMX): it is emulated and much slower than fp32"])
