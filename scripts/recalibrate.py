@@ -18,9 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import load_checkpoint, save_checkpoint  # noqa: E402
-from training.data import load_waveforms  # noqa: E402
-from training.loop import file_log_odds, fit_calibration, metrics_from_log_odds  # noqa: E402
+from classifier.model import save_checkpoint  # noqa: E402
+from training.loop import fit_calibration, metrics_from_log_odds, run_validation_log_odds  # noqa: E402
 from training.sources import read_source  # noqa: E402
 
 
@@ -31,12 +30,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path)
     args = ap.parse_args()
 
-    bundle = load_checkpoint(args.run_dir / "model.pt")
     clips = read_source(args.manifest)
-    split = json.loads((args.run_dir / "split.json").read_text())
-    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
-    log_odds, is_female = file_log_odds(bundle, clips, waves, split["val"])
-    kept = [i for i in split["val"] if waves[i] is not None]
+    bundle, kept, log_odds, is_female = run_validation_log_odds(args.run_dir, clips, cache_dir=args.cache_dir)
     bundle.calibration, ece = fit_calibration(log_odds, is_female, groups=[clips[i].speaker for i in kept])
     metrics = metrics_from_log_odds(bundle.calibration, log_odds, clips, kept)
     old = json.loads((args.run_dir / "metrics.json").read_text())

@@ -23,7 +23,7 @@ import torch
 from classifier.errors import InvalidDataset
 from classifier.model import Calibration, ModelBundle
 from training.loop import file_log_odds, fit_platt
-from training.metrics import expected_calibration_error, speaker_balanced_weights
+from training.metrics import balanced_accuracy_at, expected_calibration_error, speaker_balanced_weights
 from training.sources import LabelledClip
 
 # Below these the fit still runs, but the result says how little it stands on.
@@ -68,7 +68,7 @@ def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarra
     p = calibration.p_female(torch.from_numpy(log_odds)).numpy()
     right = (p >= 0.5) == is_female
     return {
-        "balanced_accuracy": float((right[is_female].mean() + right[~is_female].mean()) / 2),
+        "balanced_accuracy": balanced_accuracy_at(p, is_female, 0.5),
         # Under speaker-balanced weights (sum 1) the weighted accuracy is the speaker-balanced one.
         "speaker_balanced_accuracy": float(weights @ right),
         "ece": expected_calibration_error(p, is_female, weights=weights),

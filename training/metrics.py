@@ -41,9 +41,9 @@ def classification_metrics(y_true: list[str], y_pred: list[str]) -> dict:
     }
 
 
-def balanced_accuracy_at(log_odds: np.ndarray, is_female: np.ndarray, threshold: float) -> float:
-    """Balanced accuracy per clip when "female" means raw log-odds at or above ``threshold``."""
-    right = (log_odds >= threshold) == is_female
+def balanced_accuracy_at(scores: np.ndarray, is_female: np.ndarray, threshold: float) -> float:
+    """Balanced accuracy per clip when "female" means a score at or above ``threshold`` (raw log-odds, or p_female at 0.5)."""
+    right = (scores >= threshold) == is_female
     return float((right[is_female].mean() + right[~is_female].mean()) / 2)
 
 
