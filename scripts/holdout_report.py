@@ -10,7 +10,11 @@ the job report's speaker verdict) gets right. Raw (uncalibrated) log-odds per
 clip, as ``classify`` combines windows.
 Usage:
 
-    python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--also-at RAW ...] [--json OUT]
+    python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--also-at RAW ...] [--with RUN_DIR ...] [--json OUT]
+
+``--with`` scores an ensemble: the mean raw log-odds per clip of RUN_DIR and
+each other run (seeds or recipes trained on the same split), after each
+member's own AUC line.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ def best_threshold(z: np.ndarray, is_female: np.ndarray) -> tuple[float, float]:
     scores = [balanced_accuracy_at(z, is_female, t) for t in candidates]
     k = int(np.argmax(scores))
     return float(candidates[k]), float(scores[k])
+
+
+def ensemble_log_odds(members: list[tuple[list[int], np.ndarray]]) -> np.ndarray:
+    """Mean raw log-odds per clip over (validation indices, log-odds) pairs; every member must have scored the same clips."""
+    kept = members[0][0]
+    for other, _ in members[1:]:
+        if other != kept:
+            raise ValueError(f"ensemble members scored different clips ({len(kept)} and {len(other)}): train them on the same split")
+    return np.mean([z for _, z in members], axis=0)
 
 
 def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], speaker: list[str], also_at: tuple[float, ...] = ()) -> dict:
@@ -71,14 +84,27 @@ def main() -> None:
     ap.add_argument("manifest", type=Path)
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--with", dest="others", type=Path, action="append", default=[], metavar="RUN_DIR", help="average the raw log-odds per clip with this run's, an ensemble (same split; repeatable)")
     ap.add_argument("--also-at", type=float, action="append", default=[], metavar="RAW", help="also score at this raw log-odds threshold, e.g. a shipped model's calibrated one (repeatable)")
     args = ap.parse_args()
 
     clips = read_source(args.manifest)
     _, kept, z, is_female = run_validation_log_odds(args.run_dir, clips, cache_dir=args.cache_dir)
+    if args.others:
+        members = [(kept, z)]
+        for run in args.others:
+            _, other_kept, other_z, _ = run_validation_log_odds(run, clips, cache_dir=args.cache_dir)
+            members.append((other_kept, other_z))
+        for run, (_, member_z) in zip([args.run_dir, *args.others], members):
+            print(f"member {run.name}: AUC {weighted_auc(member_z, is_female, np.ones(len(member_z))):.3f}")
+        try:
+            z = ensemble_log_odds(members)
+        except ValueError as e:
+            sys.exit(str(e))
     figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at))
+    name = "+".join(r.name for r in [args.run_dir, *args.others])
     print(
-        f"{args.run_dir.name}: {figures['clips']} clips, AUC {figures['auc']:.3f}, balanced accuracy at 0 {figures['balanced_accuracy_at_0']:.3f}, "
+        f"{name}: {figures['clips']} clips, AUC {figures['auc']:.3f}, balanced accuracy at 0 {figures['balanced_accuracy_at_0']:.3f}, "
         f"best threshold {figures['best_threshold']:.2f} ({figures['balanced_accuracy_at_best']:.3f})"
     )
     print(f"  at 0: {figures['accuracy_at_0']}")

@@ -131,6 +131,13 @@ def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_ru
     held = json.loads((tmp_path / "holdout_report.py.json").read_text())
     assert held["clips"] == n_val and held["balanced_accuracy_at_best"] >= held["balanced_accuracy_at_0"]
     assert set(held["accuracy_at_0"]) == {"audiomnist/female", "audiomnist/male"}
+    # An ensemble of the run with itself is the run: the --with path averages the same log-odds.
+    proc = subprocess.run(
+        [sys.executable, "scripts/holdout_report.py", str(trained_run), str(synthetic_audiomnist), "--with", str(trained_run), "--json", str(tmp_path / "self.json")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0 and proc.stdout.count("member ") == 2, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "self.json").read_text()) == held
     coded = json.loads((tmp_path / "codec_robustness.py.json").read_text())
     assert list(coded) == ["as recorded", "gsm", "opus"] and {r["clips"] for r in coded.values()} == {n_val}
     # The codec reached the model: its log-odds move (a tiny model on synthetic voices may stay right on every clip).

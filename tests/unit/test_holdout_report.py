@@ -43,3 +43,11 @@ def test_also_at_scores_the_clips_at_another_models_threshold():
     f = holdout_report.holdout_figures(z, is_female, ["c"] * 6, ["w"] * 3 + ["m"] * 3, also_at=(-1.2, 0.0))
     # At -1.2 two of three women and two of three men are right; at 0 one woman and every man.
     assert f["balanced_accuracy_at"] == {"-1.2": pytest.approx(2 / 3), "0": pytest.approx((1 / 3 + 1) / 2)}
+
+
+def test_an_ensemble_averages_each_clips_log_odds_and_refuses_members_of_another_split():
+    a = ([3, 5, 9], np.array([1.0, -2.0, 0.5]))
+    b = ([3, 5, 9], np.array([-3.0, 0.0, 0.5]))
+    assert holdout_report.ensemble_log_odds([a, b]).tolist() == [-1.0, -1.0, 0.5]
+    with pytest.raises(ValueError, match="different clips"):
+        holdout_report.ensemble_log_odds([a, ([3, 5, 10], np.zeros(3))])
