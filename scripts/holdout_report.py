@@ -95,12 +95,12 @@ def main() -> None:
         for run in args.others:
             _, other_kept, other_z, _ = run_validation_log_odds(run, clips, cache_dir=args.cache_dir)
             members.append((other_kept, other_z))
-        for run, (_, member_z) in zip([args.run_dir, *args.others], members):
-            print(f"member {run.name}: AUC {weighted_auc(member_z, is_female, np.ones(len(member_z))):.3f}")
         try:
-            z = ensemble_log_odds(members)
+            z = ensemble_log_odds(members)  # first: it refuses runs of another split before their lengths could clash below
         except ValueError as e:
             sys.exit(str(e))
+        for run, (_, member_z) in zip([args.run_dir, *args.others], members):
+            print(f"member {run.name}: AUC {weighted_auc(member_z, is_female, np.ones(len(member_z))):.3f}")
     figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at))
     name = "+".join(r.name for r in [args.run_dir, *args.others])
     print(
