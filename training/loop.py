@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, ModelBundle, build_model, load_checkpoint, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
+from training.averaging import TailAverage
 from training.codecs import available_codecs
 from training.data import BalancedCropSampler, augment_channel, load_waveforms
 from training.masking import mask_features
@@ -54,6 +55,9 @@ class TrainConfig:
     bf16: bool = True
     eval_every: int = 500
     save_every: int = 100  # steps between saved training states, when the run has a state file (training/resume.py)
+    # Ship the mean of the weights after every step past this fraction of the run, not the last
+    # step's (training/averaging.py); None: the last step's. BatchNorm is then re-measured.
+    average_from: float | None = None
     seed: int = 0
     features: dict = field(default_factory=dict)
 
@@ -73,12 +77,18 @@ def measure_standardization(sampler: BalancedCropSampler, features: FeatureConfi
     return feats.mean(dim=(0, 2)), feats.std(dim=(0, 2))
 
 
-def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> float:
+def training_features(model, crops: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> torch.Tensor:
+    """A batch of crops as the model trains on it: channel-augmented, featurised, masked."""
     if cfg.augment:
         crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
     if cfg.augment and cfg.spec_mask_prob > 0:  # no draws when off: a seed's batches stay what they were
         feats = mask_features(feats, model.feature_mean.flatten(), prob=cfg.spec_mask_prob, generator=gen)
+    return feats
+
+
+def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> float:
+    feats = training_features(model, crops, cfg, features, gen)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         loss = F.cross_entropy(model(feats), labels, label_smoothing=cfg.label_smoothing)
     opt.zero_grad(set_to_none=True)
@@ -139,6 +149,8 @@ def train_split(
     """
     if cfg.save_every < 1:
         raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
+    if cfg.average_from is not None and not 0 <= cfg.average_from < 1:
+        raise ValueError(f"average_from must be in [0, 1) (a fraction of the steps), got {cfg.average_from}")
     if not 0 <= cfg.codec_prob <= 1:
         raise ValueError(f"codec_prob must be in [0, 1], got {cfg.codec_prob}")
     if cfg.codec_prob > 0 and not available_codecs():
@@ -155,12 +167,13 @@ def train_split(
         model.load_state_dict(init.model.state_dict())  # float32 already: load_checkpoint widens fp16 weights
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    average = None if cfg.average_from is None else TailAverage(model, start_step=int(cfg.steps * cfg.average_from))
     bundle = ModelBundle(model=model, features=features, version=version)
     done, identity = Progress(), None
     if state_path is not None:
         identity = run_identity(asdict(cfg), features.to_dict(), split.to_dict(clips), init.sha256 if init else None)
         try:
-            done = restore_state(state_path, identity, model=model, opt=opt, gen=gen, rng=sampler.rng) or done
+            done = restore_state(state_path, identity, model=model, opt=opt, gen=gen, rng=sampler.rng, average=average) or done
         except StateMismatch as exc:
             if other_state != "replace":
                 raise
@@ -173,6 +186,8 @@ def train_split(
             group["lr"] = lr_at(step, cfg)
         crops, labels = draw_batch(sampler, cfg, features, gen)
         losses.append(train_one_step(model, opt, crops, labels, cfg, features, gen))
+        if average is not None:
+            average.update(model, step + 1)
         if progress:
             progress(step, losses[-1])
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
@@ -182,14 +197,30 @@ def train_split(
             curve.append({"step": step + 1, "train_loss": float(np.mean(losses[-cfg.eval_every :])), "val_balanced_accuracy": val["balanced_accuracy"], "elapsed_s": time.monotonic() - started})
             log.info("step %d: loss %.4f, val balanced accuracy %.4f", step + 1, curve[-1]["train_loss"], val["balanced_accuracy"])
         if identity is not None and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
-            save_state(state_path, identity, Progress(step + 1, losses, curve, time.monotonic() - started), model=model, opt=opt, gen=gen, rng=sampler.rng)
+            save_state(state_path, identity, Progress(step + 1, losses, curve, time.monotonic() - started), model=model, opt=opt, gen=gen, rng=sampler.rng, average=average)
+    if average is not None:
+        average.apply(model, _batchnorm_batches(model, sampler, cfg, features, gen), bf16=cfg.bf16)
+        log.info("weights averaged over the last %d steps; BatchNorm re-measured on %d training batches", average.count, BATCHNORM_BATCHES)
     model.eval()
     log_odds, is_female = file_log_odds(bundle, clips, waves, split.val)
     kept = [i for i in split.val if waves[i] is not None]
     bundle.calibration, ece = fit_calibration(log_odds, is_female, groups=[clips[i].speaker for i in kept])
     metrics = metrics_from_log_odds(bundle.calibration, log_odds, clips, kept)
+    if average is not None:
+        # The learning curve is the last step's weights; these metrics are the averaged model's.
+        metrics["weight_average"] = {"from_step": average.start_step + 1, "models": average.count, "batchnorm_batches": BATCHNORM_BATCHES}
     metrics.update(ece, learning_curve=curve, train_seconds=time.monotonic() - started, crops_seen=cfg.steps * cfg.batch_size)
     return bundle, metrics
+
+
+BATCHNORM_BATCHES = 50  # training batches that re-measure BatchNorm for averaged weights (3,200 crops)
+
+
+def _batchnorm_batches(model, sampler: BalancedCropSampler, cfg: TrainConfig, features: FeatureConfig, gen):
+    """Features of fresh training batches, drawn and augmented as training draws them."""
+    for _ in range(BATCHNORM_BATCHES):
+        crops, _ = draw_batch(sampler, cfg, features, gen)
+        yield training_features(model, crops, cfg, features, gen)
 
 
 def reestimate_batchnorm(model, sampler: BalancedCropSampler, features: FeatureConfig, cfg: TrainConfig, *, n_batches: int = 50) -> None:

@@ -53,7 +53,7 @@ def run_identity(train_config: dict, features: dict, split: dict, init_sha256: s
     return {"train_config": cfg, "features": features, "split_sha256": split_digest, "init_sha256": init_sha256}
 
 
-def save_state(path: Path, identity: dict, progress: Progress, *, model, opt, gen: torch.Generator, rng: np.random.Generator) -> None:
+def save_state(path: Path, identity: dict, progress: Progress, *, model, opt, gen: torch.Generator, rng: np.random.Generator, average=None) -> None:
     """Write the state atomically: a kill during the write leaves the previous state whole."""
     state = {
         "format": FORMAT,
@@ -64,6 +64,7 @@ def save_state(path: Path, identity: dict, progress: Progress, *, model, opt, ge
         "torch_rng": torch.get_rng_state(),
         "generator": gen.get_state(),
         "sampler_rng": rng.bit_generator.state,
+        "average": None if average is None else average.state_dict(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -73,8 +74,8 @@ def save_state(path: Path, identity: dict, progress: Progress, *, model, opt, ge
     os.replace(tmp, path)
 
 
-def restore_state(path: Path, identity: dict, *, model, opt, gen: torch.Generator, rng: np.random.Generator) -> Progress | None:
-    """Load a saved state into the run's objects; None when there is none.
+def restore_state(path: Path, identity: dict, *, model, opt, gen: torch.Generator, rng: np.random.Generator, average=None) -> Progress | None:
+    """Load a saved state into the run's objects (``average``: the run's weight average, if any); None when there is none.
 
     Raises :class:`StateMismatch` naming what differs when the state is another run's.
     """
@@ -95,6 +96,8 @@ def restore_state(path: Path, identity: dict, *, model, opt, gen: torch.Generato
     torch.set_rng_state(state["torch_rng"])
     gen.set_state(state["generator"])
     rng.bit_generator.state = state["sampler_rng"]
+    if average is not None:  # the identity holds average_from, so a state of this run has one
+        average.load_state_dict(state["average"])
     return Progress(**state["progress"])
 
 

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=200, help="steps of linear learning-rate warm-up before the cosine decay (default 200)")
     p.add_argument("--save-every", type=int, default=100, metavar="N", help="save the run's state to OUT every N steps; the same command after a crash or kill goes on from it (default 100)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--average-from", type=float, default=None, metavar="F", help="ship the mean of the weights after every step past this fraction of the run (e.g. 0.5: the second half), BatchNorm re-measured, instead of the last step's (default: the last step's; see models/MODEL_CARD.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--short-crops", type=float, default=0.0, metavar="P", help="share of training crops that are short excerpts set in silence, like short clips at inference (default 0; see models/MODEL_CARD.md)")
@@ -154,7 +155,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.loop import TrainConfig
     from training.run import run_training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, codec_prob=args.codec, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, low_shelf_prob=args.low_shelf, codec_prob=args.codec, average_from=args.average_from, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
     def progress_factory(name: str, total: int):

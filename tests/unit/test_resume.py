@@ -88,3 +88,17 @@ def test_a_retrain_replaces_a_state_of_other_data_and_an_unreadable_one(data, tm
     with pytest.raises(Killed):
         train_split(clips, waves, split, features, CFG, version="v", state_path=state, other_state="replace", progress=lambda step, loss: steps.append(step) or stop_at(0)(step, loss))
     assert steps == [0]
+
+
+def test_a_resumed_run_with_weight_averaging_ships_the_same_average(data, tmp_path):
+    clips, waves, split, features = data
+    cfg = TrainConfig(**{**CFG.__dict__, "average_from": 0.5})
+    straight, straight_metrics = train_split(clips, waves, split, features, cfg, version="v")
+    assert straight_metrics["weight_average"] == {"from_step": 4, "models": 3, "batchnorm_batches": 50}
+    state = tmp_path / "train_state.pt"
+    with pytest.raises(Killed):  # the state of step 4 holds an average of one model
+        train_split(clips, waves, split, features, cfg, version="v", state_path=state, progress=stop_at(4))
+    resumed, resumed_metrics = train_split(clips, waves, split, features, cfg, version="v", state_path=state)
+    assert resumed_metrics["weight_average"] == straight_metrics["weight_average"]
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
