@@ -29,25 +29,30 @@ class RunResult:
 
 
 LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starter-8 was trained with --fmin 300)
+LOGMEL_FMAX = 4000.0  # and highest: half the 8 kHz rate
 
 
-def feature_config_for(kind: str, band_norm: str = "none", short_fill: str = "zeros", fmin: float | None = None) -> FeatureConfig:
+def feature_config_for(kind: str, band_norm: str = "none", short_fill: str = "zeros", fmin: float | None = None, fmax: float | None = None) -> FeatureConfig:
     """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter models' features.
 
     ``fmin`` (log-mel only) moves the lowest mel band edge up from 50 Hz, so
-    the bands below it, which telephone channels cut or boost, are not input.
+    the bands below it, which telephone channels cut or boost, are not input;
+    ``fmax`` moves the highest edge down from 4000 Hz (3400: the telephone band's top).
     """
     if kind == "mfcc":
-        if fmin is not None:
-            raise ValueError("fmin applies to logmel features only; the seed's MFCC recipe keeps its own bands")
+        if fmin is not None or fmax is not None:
+            raise ValueError("fmin and fmax apply to logmel features only; the seed's MFCC recipe keeps its own bands")
         return replace(seed_mfcc_config(48_000), band_norm=band_norm, short_fill=short_fill)
     if kind == "logmel":
         fmin = LOGMEL_FMIN if fmin is None else float(fmin)
         if not 0 <= fmin < 3000:
             raise ValueError(f"fmin must be in [0, 3000) Hz for 8 kHz log-mel features (bands up to 4000 Hz), got {fmin}")
+        fmax = LOGMEL_FMAX if fmax is None else float(fmax)
+        if not fmin + 500 <= fmax <= LOGMEL_FMAX:
+            raise ValueError(f"fmax must be at least 500 Hz above fmin ({fmin:g} Hz) and at most {LOGMEL_FMAX:g} Hz (half the 8 kHz rate), got {fmax:g}")
         # 8 kHz keeps every corpus in one band (telephone to studio), and a 64 ms
         # frame resolves the harmonics of low voices; see models/MODEL_CARD.md.
-        return replace(logmel_config(sample_rate=8_000, n_mels=48), frame_s=0.064, fmin=fmin, fmax=4000.0, band_norm=band_norm, short_fill=short_fill)
+        return replace(logmel_config(sample_rate=8_000, n_mels=48), frame_s=0.064, fmin=fmin, fmax=fmax, band_norm=band_norm, short_fill=short_fill)
     raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
 
 
@@ -82,6 +87,7 @@ def run_training(
     band_norm: str = "none",
     short_fill: str | None = None,
     fmin: float | None = None,
+    fmax: float | None = None,
     split_kind: str = "speaker",
     val_fraction: float = 0.15,
     cfg: TrainConfig,
@@ -105,7 +111,7 @@ def run_training(
         features = replace(start.features, short_fill=short_fill or start.features.short_fill)
         log.info("fine-tuning %s (%s); its features are kept: %s", init, start.version, features)
     else:
-        features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin)
+        features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin, fmax)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)

@@ -281,5 +281,23 @@ def test_fmin_moves_the_lowest_mel_band_and_the_features_leave_out_what_lies_bel
     assert moved(default) > 20 and moved(raised) < 0.1 * moved(default)
     with pytest.raises(ValueError, match="fmin must be in"):
         feature_config_for("logmel", fmin=4000)
-    with pytest.raises(ValueError, match="logmel features only"):
+    with pytest.raises(ValueError, match="apply to logmel features only"):
         feature_config_for("mfcc", fmin=300)
+
+
+def test_fmax_moves_the_highest_mel_band_and_the_features_leave_out_what_lies_above():
+    from classifier.features import compute_features
+    from training.run import feature_config_for
+
+    default, lowered = feature_config_for("logmel", fmin=300), feature_config_for("logmel", fmin=300, fmax=3400)
+    assert (default.fmax, lowered.fmax, lowered.n_mels) == (4000.0, 3400.0, 48)
+    t = torch.arange(default.window_samples) / default.sample_rate
+    hiss, voice = torch.sin(2 * math.pi * 3800 * t)[None], torch.sin(2 * math.pi * 1000 * t)[None]
+    # A 3.8 kHz tone (above the telephone band) moves the default features by tens of dB, those up to 3.4 kHz hardly.
+    moved = lambda cfg: (compute_features(0.3 * voice + 0.3 * hiss, cfg) - compute_features(0.3 * voice, cfg)).abs().max().item()  # noqa: E731
+    assert moved(default) > 20 and moved(lowered) < 0.1 * moved(default)
+    for fmax in (700, 4100):
+        with pytest.raises(ValueError, match="fmax must be at least 500 Hz above fmin"):
+            feature_config_for("logmel", fmin=300, fmax=fmax)
+    with pytest.raises(ValueError, match="apply to logmel features only"):
+        feature_config_for("mfcc", fmax=3400)
