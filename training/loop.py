@@ -223,30 +223,6 @@ def _batchnorm_batches(model, sampler: BalancedCropSampler, cfg: TrainConfig, fe
         yield training_features(model, crops, cfg, features, gen)
 
 
-def reestimate_batchnorm(model, sampler: BalancedCropSampler, features: FeatureConfig, cfg: TrainConfig, *, n_batches: int = 50) -> None:
-    """Recompute BatchNorm running statistics from training batches (as torch.optim.swa_utils.update_bn).
-
-    Used to repair a checkpoint whose statistics were disturbed; leaves the model in eval mode.
-    """
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over all batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(n_batches):
-            crops, _ = sampler.draw(cfg.batch_size)
-            y = torch.from_numpy(crops)
-            if cfg.augment:
-                y = augment_channel(y, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                model(compute_features(y, features))
-    for bn in bns:
-        bn.momentum = 0.1
-    model.eval()
-
-
 def file_log_odds(bundle: ModelBundle, clips, waves, indices: list[int], *, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Uncalibrated per-file log-odds of "female", exactly as ``classify`` combines windows.
 
