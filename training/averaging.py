@@ -44,10 +44,10 @@ class TailAverage:
         with torch.no_grad():
             for own, mean in zip(model.parameters(), self.averaged.module.parameters(), strict=True):
                 own.copy_(mean)
-        was_training = model.training
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            update_bn(batches, model)  # resets the statistics, then a cumulative mean over every batch
-        model.train(was_training)
+        # update_bn resets the statistics, takes a cumulative mean over every batch and restores
+        # the model's mode; it runs the forward passes with autograd on, which nothing here needs.
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            update_bn(batches, model)
 
     def state_dict(self) -> dict:
         return {"start_step": self.start_step, "averaged": self.averaged.state_dict()}
