@@ -19,6 +19,7 @@ from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, ModelBundle, build_model, load_checkpoint, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.averaging import TailAverage
+from training.bandmix import mix_band_statistics
 from training.codecs import available_codecs
 from training.data import BalancedCropSampler, augment_channel, load_waveforms
 from training.masking import mask_features
@@ -46,6 +47,7 @@ class TrainConfig:
     pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
     pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
     spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
+    band_mix_prob: float = 0.0  # share of crops given another crop's per-band level and spread, mixed (training/bandmix.py)
     low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
     codec_prob: float = 0.0  # share of crops coded and decoded by a real speech codec: GSM, ADPCM, A-law, Opus, MP3 (training/codecs.py)
     # With short_fill "trim" (short clips scored at their own length): the share of batches
@@ -78,10 +80,12 @@ def measure_standardization(sampler: BalancedCropSampler, features: FeatureConfi
 
 
 def training_features(model, crops: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> torch.Tensor:
-    """A batch of crops as the model trains on it: channel-augmented, featurised, masked."""
+    """A batch of crops as the model trains on it: channel-augmented, featurised, band-mixed, masked."""
     if cfg.augment:
         crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
+    if cfg.augment and cfg.band_mix_prob > 0:  # before masking: a masked cell stays at its bin's mean
+        feats = mix_band_statistics(feats, prob=cfg.band_mix_prob, generator=gen)
     if cfg.augment and cfg.spec_mask_prob > 0:  # no draws when off: a seed's batches stay what they were
         feats = mask_features(feats, model.feature_mean.flatten(), prob=cfg.spec_mask_prob, generator=gen)
     return feats
@@ -151,6 +155,8 @@ def train_split(
         raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
     if cfg.average_from is not None and not 0 <= cfg.average_from < 1:
         raise ValueError(f"average_from must be in [0, 1) (a fraction of the steps), got {cfg.average_from}")
+    if not 0 <= cfg.band_mix_prob <= 1:
+        raise ValueError(f"band_mix_prob must be in [0, 1], got {cfg.band_mix_prob}")
     if not 0 <= cfg.codec_prob <= 1:
         raise ValueError(f"codec_prob must be in [0, 1], got {cfg.codec_prob}")
     if cfg.codec_prob > 0 and not available_codecs():
