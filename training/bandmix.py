@@ -1,13 +1,15 @@
 """Mixing crops' per-band statistics (Freq-MixStyle): a training augmentation.
 
-Unseen telephone women read male because their channel's band levels look
-like what training saw from men (models/MODEL_CARD.md, Known limits).
+The idea: unseen telephone women read male if their channel's band levels
+look like what training saw from men (models/MODEL_CARD.md, Known limits).
 Removing the band levels outright (``--band-norm all``) took a cue the
 model needs. Freq-MixStyle (Schmid et al., DCASE 2022, for unseen recording
 devices) instead gives a crop another crop's per-band level and spread over
 time, mixed in a random share, and keeps its label: within-band detail
 (harmonics, formant movement) has to carry the answer, while inference
-sees the features unchanged.
+sees the features unchanged. Measured on the telephone-digit hold-out it
+ranked worse and those women read more male (model card, Experiments), so
+it is off by default.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ def mix_band_statistics(feats: torch.Tensor, *, prob: float, generator: torch.Ge
 
     Each crop is chosen with probability ``prob``; a chosen crop's bins are
     standardised over time, then given ``lam * own + (1 - lam) * other``
-    mean and std of a random other crop of the batch, ``lam ~ Beta(alpha,
+    mean and std of a partner from a random permutation of the batch (now
+    and then the crop itself, which leaves it as it was), ``lam ~ Beta(alpha,
     alpha)`` (small alpha: mostly near-own or near-other, seldom halfway).
     """
     if not 0.0 <= prob <= 1.0:
