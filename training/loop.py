@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from classifier.features import FeatureConfig, compute_features
-from classifier.model import Calibration, ModelBundle, build_model, load_checkpoint, save_checkpoint
+from classifier.model import Calibration, GenderResNet, ModelBundle, build_model, load_checkpoint, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.averaging import TailAverage
 from training.bandmix import mix_band_statistics
@@ -164,12 +164,14 @@ def train_split(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill)
-    model = build_model(features.n_bins)
     if init is None:
+        model = build_model(features.n_bins)
         model.set_standardization(*measure_standardization(sampler, features))
     else:
         if init.features.n_bins != features.n_bins:
             raise ValueError(f"cannot fine-tune a model of {init.features.n_bins} feature bins on features of {features.n_bins}")
+        # Not build_model: its ImageNet look-up would be overwritten at once, and its log would say "from scratch".
+        model = GenderResNet(features.n_bins)
         model.load_state_dict(init.model.state_dict())  # float32 already: load_checkpoint widens fp16 weights
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

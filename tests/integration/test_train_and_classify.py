@@ -72,8 +72,9 @@ def test_fine_tuning_keeps_the_models_features_and_starts_from_its_weights(train
     from classifier.model import load_checkpoint
 
     out = tmp_path / "ft"
-    run_cli("train", str(synthetic_audiomnist), "--out", str(out), "--init", str(trained_run / "model.pt"), "--short-fill", "trim",
-            "--steps", "6", "--warmup-steps", "2", "--batch-size", "16", "--eval-every", "6", "--lr", "1e-4", "--val-fraction", "0.2", "--version", "ft-1")
+    proc = run_cli("train", str(synthetic_audiomnist), "--out", str(out), "--init", str(trained_run / "model.pt"), "--short-fill", "trim",
+                   "--steps", "6", "--warmup-steps", "2", "--batch-size", "16", "--eval-every", "6", "--lr", "1e-4", "--val-fraction", "0.2", "--version", "ft-1")
+    assert "fine-tuning" in proc.stderr and "from scratch" not in proc.stderr  # the log says where the weights came from
     parent, child = load_checkpoint(trained_run / "model.pt"), load_checkpoint(out / "model.pt")
     assert child.features.kind == "mfcc" and child.features.short_fill == "trim"
     assert child.features == parent.features.__class__(**{**parent.features.to_dict(), "short_fill": "trim"})
