@@ -109,10 +109,13 @@ def wait_for_job(services: Services, job_id: str, *, poll_s: float = 0.2) -> str
         if not repo.live_workers(s, within_s=3 * services.settings.heartbeat_s):
             embedded = start_embedded_worker()
     try:
-        with tqdm(total=_job(services, job_id).total, unit="file", file=sys.stderr, desc="classifying") as bar:
+        # Into a log or pipe, a redraw every poll would be a line per 0.2 s: there it draws on progress only, at most every 10 s.
+        mininterval = 0.1 if sys.stderr.isatty() else 10.0
+        with tqdm(total=_job(services, job_id).total, unit="file", file=sys.stderr, desc="classifying", mininterval=mininterval) as bar:
             while True:
                 status = job_status(services, job_id)
-                bar.update(status["done"] + status["failed"] + status["cancelled"] - bar.n)
+                if (settled := status["done"] + status["failed"] + status["cancelled"]) > bar.n:
+                    bar.update(settled - bar.n)
                 if status["state"] in FINAL_JOB_STATES:
                     return status["state"]
                 if embedded is not None and embedded.poll() is not None:
