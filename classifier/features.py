@@ -51,6 +51,14 @@ class FeatureConfig:
     # speech most training windows hold; "trim" scores it at its own length,
     # no padding, so silence cannot be a cue (classifier/audio.py:split_windows).
     short_fill: ShortFill = "zeros"
+    # The fill for a short clip whose file carried sound above this band (studio
+    # audio; ``classifier.audio.Recording.wideband``); None: ``short_fill`` for
+    # every clip. Applied at inference only: training reads band-limited copies.
+    wideband_short_fill: ShortFill | None = None
+
+    def fill_for(self, wideband: bool) -> ShortFill:
+        """The short-clip fill for a recording that is (or is not) wideband."""
+        return self.wideband_short_fill if wideband and self.wideband_short_fill else self.short_fill
 
     @property
     def n_fft(self) -> int:

@@ -50,10 +50,14 @@ class PreparedClip:
     windows: np.ndarray  # (n_voting, window_samples)
 
 
-def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle) -> PreparedClip:
-    """Window a decoded waveform and keep only the windows that hold speech."""
+def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband: bool = False) -> PreparedClip:
+    """Window a decoded waveform and keep only the windows that hold speech.
+
+    ``wideband``: the file carried sound above the model's band
+    (``Recording.wideband``), which picks the short-clip fill.
+    """
     cfg = bundle.features
-    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=cfg.short_fill)
+    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=cfg.fill_for(wideband))
     return PreparedClip(path=path, duration_s=len(y) / cfg.sample_rate, windows=windows[speech_mask(windows)])
 
 
@@ -61,7 +65,7 @@ def prepare_file(path: str | os.PathLike, bundle: ModelBundle, *, max_duration_s
     """Decode, validate and window one file; raises :class:`InvalidAudio`."""
     cfg = bundle.features
     rec = load_audio(path, sr=cfg.sample_rate, min_samples=cfg.n_fft, max_duration_s=max_duration_s)
-    return prepare_waveform(str(path), rec.y, bundle)
+    return prepare_waveform(str(path), rec.y, bundle, wideband=rec.wideband)
 
 
 def bf16_is_native(device: str | torch.device = "cpu") -> bool:

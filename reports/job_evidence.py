@@ -135,7 +135,7 @@ def explain_examples(clf: Classifier, input_dir: Path, picked: list[tuple[str, d
         except InvalidAudio as exc:
             log.info("evidence: %s skipped: %s", path, exc)
             continue
-        windows = prepare_waveform(str(path), rec.y, bundle).windows
+        windows = prepare_waveform(str(path), rec.y, bundle, wideband=rec.wideband).windows
         if len(windows):
             found.append((kind, clip, rec, windows[0]))
     if not found:

@@ -6,9 +6,12 @@ has few short clips outside its telephone digits. This cuts short excerpts
 clips of a run (``split.json``'s ``val``) and scores them next to the whole
 clips, at the model's calibrated threshold and by ROC AUC, per corpus and
 gender. ``--fill`` scores the excerpts with a short-clip fill other than the
-checkpoint's (``zeros``, ``loop`` or ``trim``; an inference-only what-if). Usage:
+checkpoint's (``zeros``, ``loop`` or ``trim``; an inference-only what-if).
+These figures come from the 8 kHz training cache, so a checkpoint's
+``wideband_short_fill`` is not applied; ``--write DIR`` also writes the
+excerpts cut from the files as recorded, for ``voicegender classify DIR``. Usage:
 
-    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--cache-dir DIR]
+    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--write DIR] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,18 +36,38 @@ from training.metrics import balanced_accuracy_at  # noqa: E402
 from training.sources import read_source  # noqa: E402
 
 
-def excerpts(y: np.ndarray, n_samples: int, count: int, rng: np.random.Generator, fade: int) -> list[np.ndarray]:
-    """Up to ``count`` excerpts of ``y`` whose mean power is at least 30 % of the loudest stretch's."""
+def excerpt_starts(y: np.ndarray, n_samples: int, count: int, rng: np.random.Generator) -> list[int]:
+    """Up to ``count`` starts of excerpts of ``y`` whose mean power is at least 30 % of the loudest stretch's."""
     power = np.convolve(np.square(y, dtype=np.float64), np.ones(n_samples) / n_samples, mode="valid")
     loud = np.flatnonzero(power >= 0.3 * power.max())
+    return [int(s) for s in rng.choice(loud, size=min(count, len(loud)), replace=False)]
+
+
+def cut(y: np.ndarray, start: int, n_samples: int, fade: int) -> np.ndarray:
+    """``y[start:start + n_samples]`` with Hann fades of ``fade`` samples, as a copy."""
     ramp = np.hanning(2 * fade).astype(np.float32)
-    out = []
-    for start in rng.choice(loud, size=min(count, len(loud)), replace=False):
-        piece = y[start : start + n_samples].astype(np.float32)  # a copy: the cached waveform stays
-        piece[:fade] *= ramp[:fade]
-        piece[-fade:] *= ramp[fade:]
-        out.append(piece)
-    return out
+    piece = y[start : start + n_samples].astype(np.float32)  # a copy: the cached waveform stays
+    piece[:fade] *= ramp[:fade]
+    piece[-fade:] *= ramp[fade:]
+    return piece
+
+
+def write_native(out_dir: Path, clip, starts: list[int], sr: int, length_s: float) -> list[str]:
+    """The same excerpts cut from the file as recorded (its own rate and band), as WAV files named ``..._GENDER.wav``.
+
+    So ``voicegender classify`` / ``submit`` score them through the product's own path,
+    which sees what the file carried above the model's band.
+    """
+    y, native = sf.read(clip.path, dtype="float32", always_2d=True)
+    y = y.mean(axis=1)
+    n = int(round(length_s * native))
+    names = []
+    for k, start in enumerate(starts):
+        s = min(int(round(start * native / sr)), max(len(y) - n, 0))
+        name = f"{clip.corpus}_{clip.speaker}_{Path(clip.path).stem}_{k}_{clip.gender}.wav".replace("/", "_")
+        sf.write(out_dir / name, cut(y, s, n, int(0.05 * native)), native, subtype="FLOAT")
+        names.append(name)
+    return names
 
 
 def report(name: str, z: np.ndarray, is_female: np.ndarray, groups: list[tuple[str, str]], threshold: float) -> dict:
@@ -74,6 +98,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
+    ap.add_argument("--write", type=Path, metavar="DIR", help="also write the excerpts, cut from the files at their own rate, to DIR (names end in _female/_male)")
     args = ap.parse_args()
 
     bundle = load_checkpoint(args.model)
@@ -92,10 +117,15 @@ def main() -> None:
         sys.exit(f"no validation clip of {2 * args.length:.1f} s or more in the chosen corpora")
     rng = np.random.default_rng(args.seed)
     ex_clips, ex_waves = [], []
+    if args.write:
+        args.write.mkdir(parents=True, exist_ok=True)
     for i in val:
-        for piece in excerpts(waves[i], n, args.per_clip, rng, fade=int(0.05 * sr)):
+        starts = excerpt_starts(waves[i], n, args.per_clip, rng)
+        for start in starts:
             ex_clips.append(clips[i])
-            ex_waves.append(piece)
+            ex_waves.append(cut(waves[i], start, n, fade=int(0.05 * sr)))
+        if args.write:
+            write_native(args.write, clips[i], starts, sr, args.length)
     print(f"{bundle.version}: short-clip fill {bundle.features.short_fill}, raw threshold {threshold:+.2f}")
     z, fem = file_log_odds(bundle, clips, waves, val)
     rows = {"whole clips": report("whole clips", z, fem, [(clips[i].corpus, clips[i].gender) for i in val], threshold)}

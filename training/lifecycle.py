@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,14 +137,14 @@ def promotion_decision(*, candidate_bacc: float, active_bacc: float, margin: flo
 def train_candidate(
     clips: list[LabelledClip], split: Split, *, feature_kind: str, cfg: TrainConfig, version: str, out_dir: Path,
     cache_dir: Path | None, progress: Callable[[int, float], None] | None = None, band_norm: str = "none",
-    short_fill: str = "zeros", fmin: float | None = None, state_path: Path | None = None,
+    short_fill: str = "zeros", fmin: float | None = None, state_path: Path | None = None, wideband_short_fill: str | None = None,
 ) -> Candidate:
     """Train on ``split.train`` (curve and calibration on ``split.val``), evaluate on ``split.test``.
 
     ``state_path``: where the training state is saved; a state found there goes
     on when it is of the same data and options, and is replaced when not.
     """
-    features = feature_config_for(feature_kind, band_norm, short_fill, fmin)
+    features = replace(feature_config_for(feature_kind, band_norm, short_fill, fmin), wideband_short_fill=wideband_short_fill)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     bundle, val_metrics = train_split(clips, waves, split, features, cfg, version=version, progress=progress, state_path=state_path, other_state="replace")
     held_out_metrics = evaluate(bundle, clips, waves, split.test)

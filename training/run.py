@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from classifier.audio import check_short_fill
 from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
 from classifier.model import load_checkpoint
 from training.data import load_waveforms
@@ -86,6 +87,7 @@ def run_training(
     feature_kind: str = "logmel",
     band_norm: str = "none",
     short_fill: str | None = None,
+    wideband_short_fill: str | None = None,
     fmin: float | None = None,
     fmax: float | None = None,
     split_kind: str = "speaker",
@@ -103,7 +105,9 @@ def run_training(
     folder; the same call goes on from it (training/resume.py).
 
     ``init``: a checkpoint to fine-tune; its feature configuration is kept
-    (``short_fill``, when given, replaces its own).
+    (``short_fill`` and ``wideband_short_fill``, when given, replace its own).
+    ``wideband_short_fill``: the fill stored for short clips of wideband files
+    (``FeatureConfig.wideband_short_fill``; inference only).
     """
     clips = [c for s in sources for c in read_source(s)]
     start = load_checkpoint(init) if init else None
@@ -112,6 +116,9 @@ def run_training(
         log.info("fine-tuning %s (%s); its features are kept: %s", init, start.version, features)
     else:
         features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin, fmax)
+    if wideband_short_fill:
+        check_short_fill(wideband_short_fill)
+        features = replace(features, wideband_short_fill=wideband_short_fill)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)

@@ -160,7 +160,7 @@ def _retrain(rt: Runtime, run_id: int, hb: RunHeartbeat, cfg: TrainConfig) -> No
     out_dir = settings.models_dir / version
     log.info("retrain run %d: %d clips (%d from jobs), %d held-out speakers, %d steps", run_id, len(clips), len(job_clips), len(held_out), cfg.steps)
     candidate = train_candidate(
-        clips, split, feature_kind=settings.retrain_features, band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, fmin=settings.retrain_fmin if settings.retrain_features == "logmel" else None, cfg=cfg, version=version, out_dir=out_dir,
+        clips, split, feature_kind=settings.retrain_features, band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, wideband_short_fill=settings.retrain_wideband_short_fill, fmin=settings.retrain_fmin if settings.retrain_features == "logmel" else None, cfg=cfg, version=version, out_dir=out_dir,
         cache_dir=settings.data_dir / "cache", progress=lambda step, _loss: hb.set_stage(f"training {step + 1}/{cfg.steps}"),
         state_path=settings.models_dir / RETRAIN_STATE,
     )

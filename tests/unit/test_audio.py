@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from classifier.audio import (
     AUDIO_EXTENSIONS,
     Recording,
+    energy_above_db,
     find_audio_files,
     is_audio_path,
     load_audio,
@@ -149,6 +151,22 @@ def test_resampling_keeps_frequency_and_duration(tmp_path, source_sr):
 
 
 # --- bad input: each gives its named error carrying the value ------------------
+
+
+def test_wideband_says_whether_the_file_carried_sound_above_the_target_band(tmp_path):
+    """Studio audio has sound above the model's band; 8 kHz audio, also when stored at a higher rate, has none."""
+    rng = np.random.default_rng(0)
+    voice8 = _tone(8_000, 8_000, hz=200.0) + 0.01 * rng.standard_normal(8_000).astype(np.float32)
+    studio = np.repeat(voice8, 6) + _tone(48_000, 48_000, hz=6_000.0, amp=0.02)
+    sf.write(tmp_path / "studio.wav", studio, 48_000, subtype="FLOAT")
+    sf.write(tmp_path / "phone.wav", voice8, 8_000, subtype="PCM_16")
+    sf.write(tmp_path / "phone_at_48k.wav", soxr.resample(voice8, 8_000, 48_000), 48_000, subtype="PCM_16")
+    assert load_audio(tmp_path / "studio.wav", sr=8_000).wideband
+    assert not load_audio(tmp_path / "phone.wav", sr=8_000).wideband
+    assert not load_audio(tmp_path / "phone_at_48k.wav", sr=8_000).wideband  # 16-bit rounding stays below -50 dB
+    assert load_audio(tmp_path / "studio.wav", sr=48_000).wideband is False  # nothing is cut at the file's own rate
+    assert energy_above_db(np.zeros(100, np.float32), 8_000, 1_000.0) == float("-inf")
+    assert energy_above_db(_tone(8_000, 8_000, hz=3_000.0), 8_000, 1_000.0) == pytest.approx(0.0, abs=0.01)
 
 
 def test_empty_file(tmp_path):

@@ -1,4 +1,6 @@
 """Batched features against librosa, and on signals whose answer is known."""
+from dataclasses import replace
+
 import librosa
 import numpy as np
 import pytest
@@ -92,9 +94,16 @@ def test_config_round_trips_through_dict():
 
 
 def test_checkpoints_from_before_band_norm_and_short_fill_load_without_them():
-    old = {k: v for k, v in logmel_config().to_dict().items() if not k.startswith(("band_norm", "short_fill"))}
+    old = {k: v for k, v in logmel_config().to_dict().items() if not k.startswith(("band_norm", "short_fill", "wideband"))}
     cfg = FeatureConfig.from_dict(old)
     assert cfg.band_norm == "none" and cfg.short_fill == "zeros"  # what those checkpoints were trained with
+    assert cfg.wideband_short_fill is None and cfg.fill_for(True) == cfg.fill_for(False) == "zeros"
+
+
+def test_the_wideband_fill_applies_to_wideband_files_only():
+    cfg = replace(logmel_config(), short_fill="zeros", wideband_short_fill="trim")
+    assert (cfg.fill_for(True), cfg.fill_for(False)) == ("trim", "zeros")
+    assert FeatureConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def _bass_and_mids(bass_gain: float, sr: int = 8_000) -> torch.Tensor:

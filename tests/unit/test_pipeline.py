@@ -44,6 +44,29 @@ def test_the_checkpoints_short_fill_decides_how_a_short_file_is_filled(bundle, t
     assert abs(clip.log_odds - padded.log_odds) > 1e-3  # the fill does reach the model
 
 
+def test_a_short_wideband_file_takes_the_wideband_fill(bundle, tmp_path):
+    """wideband_short_fill="trim": a short studio file (sound above 4 kHz) is scored at its own length;
+    the same words at 8 kHz, or upsampled from 8 kHz, are centred in silence as before."""
+    wide = ModelBundle(model=bundle.model, features=replace(bundle.features, wideband_short_fill="trim"), version="wide")
+    rng = np.random.default_rng(0)
+    y8 = _tone(0.4, 180.0) + 0.01 * rng.standard_normal(int(0.4 * SR)).astype(np.float32)
+    t = np.arange(int(0.4 * 16_000)) / 16_000
+    studio = (np.repeat(y8, 2) + 0.02 * np.sin(2 * np.pi * 6_000 * t)).astype(np.float32)  # a fricative's band
+    sf.write(tmp_path / "studio.wav", studio, 16_000, subtype="FLOAT")
+    sf.write(tmp_path / "phone.wav", y8, SR, subtype="FLOAT")
+    import soxr
+
+    sf.write(tmp_path / "phone_at_16k.wav", soxr.resample(y8, SR, 16_000), 16_000, subtype="FLOAT")
+    from classifier.pipeline import prepare_file
+
+    assert prepare_file(tmp_path / "studio.wav", wide).windows.shape == (1, int(0.4 * SR))
+    for name in ("phone.wav", "phone_at_16k.wav"):
+        assert prepare_file(tmp_path / name, wide).windows.shape == (1, SR), name
+    assert prepare_file(tmp_path / "studio.wav", bundle).windows.shape == (1, SR)  # without the field: short_fill for all
+    studio_clip = Classifier(wide, explain=False).classify_files([tmp_path / "studio.wav"])[0]
+    assert studio_clip.windows == 1 and studio_clip.error is None
+
+
 def test_long_file_windows_and_silence_does_not_vote(bundle):
     y = np.concatenate([_tone(3.0), np.zeros(4 * SR, np.float32), _tone(3.0)])
     clip = prepare_waveform("a", y, bundle)

@@ -102,3 +102,16 @@ def test_a_resumed_run_with_weight_averaging_ships_the_same_average(data, tmp_pa
     assert resumed_metrics["weight_average"] == straight_metrics["weight_average"]
     for name, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, msg=name)
+
+
+def test_the_wideband_fill_does_not_decide_whether_a_state_resumes():
+    """It acts at inference only; states saved before the field existed stay resumable."""
+    from dataclasses import replace
+
+    from training.resume import run_identity
+
+    before = feature_config_for("logmel").to_dict()
+    before.pop("wideband_short_fill")
+    now = replace(feature_config_for("logmel"), wideband_short_fill="trim").to_dict()
+    assert run_identity({}, before, {}, None) == run_identity({}, now, {}, None)
+    assert run_identity({}, before, {}, None) != run_identity({}, {**now, "short_fill": "loop"}, {}, None)

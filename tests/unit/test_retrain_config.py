@@ -12,6 +12,7 @@ def test_a_retrain_uses_the_shipped_models_pitch_shift_by_default(tmp_path):
     assert cfg.pitch_shift_prob == 0.4 and cfg.pitch_both_ways and cfg.augment
     assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0 and cfg.codec_prob == 0.0
     assert Settings(data_dir=tmp_path).retrain_fmin == 300.0  # starter-8's mel bands start at 300 Hz
+    assert Settings(data_dir=tmp_path).retrain_wideband_short_fill == "trim"  # starter-8.1 scores short studio clips at their own length
 
 
 def test_settings_and_a_requests_overrides_change_the_recipe(tmp_path):
@@ -48,13 +49,13 @@ def test_a_candidate_is_trained_and_stored_with_the_configured_features(tmp_path
     sources = read_source(synthetic_audiomnist)
     held_out = [next(c.speaker for c in sources if c.gender == g) for g in ("female", "male")]
     clips, split = retrain_split(sources, [], held_out, val_fraction=0.2, seed=0)
-    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_short_fill="loop", retrain_fmin=250, retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
+    settings = Settings(data_dir=tmp_path, retrain_band_norm="all", retrain_short_fill="loop", retrain_wideband_short_fill="zeros", retrain_fmin=250, retrain_steps=2, retrain_batch_size=8, retrain_eval_every=2)
     candidate = train_candidate(
         clips, split, feature_kind="logmel", band_norm=settings.retrain_band_norm, short_fill=settings.retrain_short_fill, fmin=settings.retrain_fmin, cfg=_train_config(settings, {}),
-        version="c1", out_dir=tmp_path / "c1", cache_dir=None,
+        version="c1", out_dir=tmp_path / "c1", cache_dir=None, wideband_short_fill=settings.retrain_wideband_short_fill,
     )
     features = load_checkpoint(candidate.checkpoint).features
-    assert (features.band_norm, features.short_fill, features.fmin) == ("all", "loop", 250.0)
+    assert (features.band_norm, features.short_fill, features.fmin, features.wideband_short_fill) == ("all", "loop", 250.0, "zeros")
     assert candidate.held_out_metrics["n"] == sum(c.speaker in held_out for c in clips)
     with pytest.raises(ValidationError, match="retrain_band_norm"):
         Settings(data_dir=tmp_path, retrain_band_norm="treble")
