@@ -53,3 +53,33 @@ def ensure_active_model(session: Session, default_path: Path) -> ModelVersion:
             registry.promote(session, load_checkpoint(default_path).version)
             active = registry.active_model(session)
         return active
+
+
+def adopt_updated_default(session: Session, active: ModelVersion, default_path: Path) -> ModelVersion | None:
+    """The new version in the default checkpoint when the active model was that file's old one, else None.
+
+    An upgrade that ships a new default model rewrites its file in place, so
+    the active row's file no longer matches its checksum and the old version
+    cannot be served. When the active row is that default path and the file
+    now carries another version, that version is registered and promoted
+    (``expected_active``: a promotion by hand meanwhile wins). Workers racing
+    here find the version registered and promoted by the first.
+    """
+    from classifier.model import load_checkpoint  # torch, only now (see the module's note)
+
+    default_path = Path(default_path).resolve()
+    if Path(active.path).resolve() != default_path:
+        return None
+    bundle = load_checkpoint(default_path)
+    if bundle.version == active.version:
+        return None  # the same version rewritten: not an upgrade, the checksum error stands
+    try:
+        register_checkpoint(session, default_path, status="candidate", parent_version=active.version)
+    except registry.RegistryConflict:
+        pass  # another worker registered it first
+    try:
+        registry.promote(session, bundle.version, expected_active=active.version)
+    except registry.RegistryConflict:
+        pass  # promoted by another worker, or someone promoted by hand meanwhile
+    now = registry.active_model(session)
+    return now if now is not None and now.version == bundle.version and now.sha256 == bundle.sha256 else None

@@ -20,7 +20,8 @@ from classifier.errors import InvalidCheckpoint
 from classifier.model import ModelBundle, load_checkpoint
 from classifier.pipeline import Classifier, use_bf16
 from db.session import create_db_engine, make_session_factory
-from training.registration import ensure_active_model
+from db.schema import ModelVersion
+from training.registration import adopt_updated_default, ensure_active_model
 from voicegender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,13 @@ class Runtime:
         if version not in self._models:
             bundle = load_checkpoint(path)
             if bundle.sha256 != sha256:
-                raise InvalidCheckpoint(f"{path} changed since model {version} was registered (sha256 {bundle.sha256[:12]}, registered {sha256[:12]})")
+                with self.sessions() as s:
+                    row = s.get(ModelVersion, version)
+                    adopted = adopt_updated_default(s, row, Path(self.settings.model_path)) if row is not None else None
+                if adopted is None:
+                    raise InvalidCheckpoint(f"{path} changed since model {version} was registered (sha256 {bundle.sha256[:12]}, registered {sha256[:12]})")
+                log.info("the default model file now holds %s (was %s): registered and made active", adopted.version, version)
+                version = adopted.version
             self._models.clear()  # one model in memory per process
             self._models[version] = bundle
             log.info("loaded model %s from %s", version, path)

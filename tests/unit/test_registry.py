@@ -236,3 +236,49 @@ def test_a_registered_run_folder_keeps_its_speaker_lists(sessions, tmp_path):
         assert (row.version, row.status, row.split["val_speakers"]) == ("run-1", "active", ["a"])
         assert "val" not in row.split  # clip indices are the run's own business
         assert ensure_active_model(s, tmp_path / "elsewhere.pt").version == "run-1"  # a registry with an active model keeps it
+
+
+# --- an upgrade that ships a new default model --------------------------------------------------
+
+
+def test_a_new_version_in_the_default_file_is_adopted_and_a_changed_file_of_the_same_version_refused(tmp_path, sessions):
+    """The shipped model's file is rewritten in place by an upgrade: its old row cannot be served, so the new version
+    it carries is registered and made active; the same version with other bytes, or a file that is not the default, stays an error."""
+    import dataclasses
+
+    import torch
+
+    from classifier.errors import InvalidCheckpoint
+    from classifier.features import logmel_config
+    from classifier.model import GenderResNet, ModelBundle, save_checkpoint
+    from voicegender.settings import Settings
+    from worker.runtime import Runtime
+
+    torch.manual_seed(0)
+    cfg = logmel_config(sample_rate=8_000, n_mels=16)
+    bundle = ModelBundle(model=GenderResNet(cfg.n_bins).eval(), features=cfg, version="ship-1")
+    default = tmp_path / "models" / "starter.pt"
+    save_checkpoint(bundle, default)
+    settings = Settings(data_dir=tmp_path / "data", model_path=default)
+    assert Runtime(settings=settings, sessions=sessions).model().version == "ship-1"
+
+    save_checkpoint(dataclasses.replace(bundle, version="ship-2"), default)  # the upgrade
+    assert Runtime(settings=settings, sessions=sessions).model().version == "ship-2"
+    with sessions() as s:
+        rows = {m.version: (m.status, m.parent_version) for m in registry.list_models(s)}
+    assert rows == {"ship-1": ("retired", None), "ship-2": ("active", "ship-1")}
+
+    save_checkpoint(dataclasses.replace(bundle, version="ship-2", features=dataclasses.replace(cfg, short_fill="loop")), default)
+    with pytest.raises(InvalidCheckpoint, match="changed since model ship-2 was registered"):
+        Runtime(settings=settings, sessions=sessions).model()
+
+    other = tmp_path / "elsewhere.pt"
+    save_checkpoint(dataclasses.replace(bundle, version="mine"), other)
+    with sessions() as s:
+        from training.registration import register_checkpoint
+
+        register_checkpoint(s, other, status="candidate")
+        registry.promote(s, "mine")
+    save_checkpoint(dataclasses.replace(bundle, version="mine-2"), other)
+    with pytest.raises(InvalidCheckpoint, match="changed since model mine was registered"):
+        Runtime(settings=settings, sessions=sessions).model()
