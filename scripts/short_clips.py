@@ -52,7 +52,7 @@ def cut(y: np.ndarray, start: int, n_samples: int, fade: int) -> np.ndarray:
     return piece
 
 
-def write_native(out_dir: Path, clip, starts: list[int], sr: int, length_s: float) -> list[str]:
+def write_native(out_dir: Path, clip, starts: list[int], sr: int, length_s: float) -> None:
     """The same excerpts cut from the file as recorded (its own rate and band), as WAV files named ``..._GENDER.wav``.
 
     So ``voicegender classify`` / ``submit`` score them through the product's own path,
@@ -61,13 +61,10 @@ def write_native(out_dir: Path, clip, starts: list[int], sr: int, length_s: floa
     y, native = sf.read(clip.path, dtype="float32", always_2d=True)
     y = y.mean(axis=1)
     n = int(round(length_s * native))
-    names = []
     for k, start in enumerate(starts):
         s = min(int(round(start * native / sr)), max(len(y) - n, 0))
         name = f"{clip.corpus}_{clip.speaker}_{Path(clip.path).stem}_{k}_{clip.gender}.wav".replace("/", "_")
         sf.write(out_dir / name, cut(y, s, n, int(0.05 * native)), native, subtype="FLOAT")
-        names.append(name)
-    return names
 
 
 def report(name: str, z: np.ndarray, is_female: np.ndarray, groups: list[tuple[str, str]], threshold: float) -> dict:

@@ -4,11 +4,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 
 from classifier.features import compute_features, logmel_config
 from classifier.model import Calibration, GenderResNet, ModelBundle
-from classifier.pipeline import Classifier, prepare_waveform
+from classifier.pipeline import Classifier, prepare_file, prepare_waveform
 
 SR = 8_000
 
@@ -54,11 +55,7 @@ def test_a_short_wideband_file_takes_the_wideband_fill(bundle, tmp_path):
     studio = (np.repeat(y8, 2) + 0.02 * np.sin(2 * np.pi * 6_000 * t)).astype(np.float32)  # a fricative's band
     sf.write(tmp_path / "studio.wav", studio, 16_000, subtype="FLOAT")
     sf.write(tmp_path / "phone.wav", y8, SR, subtype="FLOAT")
-    import soxr
-
     sf.write(tmp_path / "phone_at_16k.wav", soxr.resample(y8, SR, 16_000), 16_000, subtype="FLOAT")
-    from classifier.pipeline import prepare_file
-
     assert prepare_file(tmp_path / "studio.wav", wide).windows.shape == (1, int(0.4 * SR))
     for name in ("phone.wav", "phone_at_16k.wav"):
         assert prepare_file(tmp_path / name, wide).windows.shape == (1, SR), name
