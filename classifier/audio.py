@@ -40,7 +40,6 @@ MAX_SAMPLE_RATE = 192_000
 # Sound above the model's band at -50 dB or more of the whole: studio speech read
 # -38 to -2 dB on every corpus of the shared set, 8 kHz audio upsampled about -140 dB.
 WIDEBAND_MIN_DB = -50.0
-WIDEBAND_PROBE_S = 10.0  # the band is measured on the first 10 s: bounded cost on long files
 # -80 dBFS: below 16-bit dither, nothing a microphone records is that quiet.
 SILENCE_PEAK = 1e-4
 # Decoded this many frames at a time and mixed to mono as they come, so a
@@ -63,8 +62,9 @@ class Recording:
     source_sr: int
     duration_s: float
     # Whether the file carried sound above ``sr``'s band before resampling (studio
-    # audio, unlike telephone audio, even when that was stored at a higher rate).
-    wideband: bool = False
+    # audio, unlike telephone audio, even when that was stored at a higher rate);
+    # None when not measured (``load_audio``'s ``band_probe_samples``).
+    wideband: bool | None = None
 
 
 def is_audio_path(path: str | os.PathLike) -> bool:
@@ -131,6 +131,7 @@ def load_audio(
     sr: int,
     min_samples: int = 1,
     max_duration_s: float = 1200.0,
+    band_probe_samples: int = 0,
 ) -> Recording:
     """Decode ``path`` to mono float32 at ``sr`` Hz and validate it.
 
@@ -141,6 +142,9 @@ def load_audio(
     sr : target sample rate; the file is resampled with soxr when it differs.
     min_samples : fewest samples (at ``sr``) that still hold one analysis frame.
     max_duration_s : longer recordings are refused before they are decoded.
+    band_probe_samples : ``Recording.wideband`` is measured for recordings of at
+        most this many samples at ``sr`` (a short clip's fill depends on it;
+        longer ones are not measured, and 0 measures none).
 
     Raises
     ------
@@ -161,12 +165,15 @@ def load_audio(
         y = _decode(snd, path)
         _check_decoded_all(f, snd, len(y), path)
     _check_samples(y, path)
-    wideband = snd.samplerate > sr and energy_above_db(y[: int(WIDEBAND_PROBE_S * snd.samplerate)], snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
+    native = y
     if snd.samplerate != sr:
-        y = soxr.resample(y, snd.samplerate, int(sr), quality="HQ").astype(np.float32)
+        y = soxr.resample(native, snd.samplerate, int(sr), quality="HQ").astype(np.float32)
     if len(y) < min_samples:
         raise TooShort(f"{len(y)} samples at {sr} Hz; at least {min_samples} are needed for one frame", path=str(path))
-    return Recording(y=y, sr=int(sr), source_sr=snd.samplerate, duration_s=len(y) / sr, wideband=bool(wideband))
+    wideband = None
+    if len(y) <= band_probe_samples:
+        wideband = snd.samplerate > sr and energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
+    return Recording(y=y, sr=int(sr), source_sr=snd.samplerate, duration_s=len(y) / sr, wideband=wideband)
 
 
 def energy_above_db(y: np.ndarray, sr: int, cut_hz: float) -> float:

@@ -56,9 +56,14 @@ class FeatureConfig:
     # every clip. Applied at inference only: training reads band-limited copies.
     wideband_short_fill: ShortFill | None = None
 
-    def fill_for(self, wideband: bool) -> ShortFill:
-        """The short-clip fill for a recording that is (or is not) wideband."""
+    def fill_for(self, wideband: bool | None) -> ShortFill:
+        """The short-clip fill for a recording that is (or is not, or was not measured) wideband."""
         return self.wideband_short_fill if wideband and self.wideband_short_fill else self.short_fill
+
+    @property
+    def band_probe_samples(self) -> int:
+        """Up to how many samples a recording's band decides its fill (``load_audio``): one window, with a wideband fill."""
+        return self.window_samples if self.wideband_short_fill else 0
 
     @property
     def n_fft(self) -> int:

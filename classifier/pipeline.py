@@ -50,7 +50,7 @@ class PreparedClip:
     windows: np.ndarray  # (n_voting, window_samples)
 
 
-def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband: bool = False) -> PreparedClip:
+def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband: bool | None = None) -> PreparedClip:
     """Window a decoded waveform and keep only the windows that hold speech.
 
     ``wideband``: the file carried sound above the model's band
@@ -64,7 +64,7 @@ def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband:
 def prepare_file(path: str | os.PathLike, bundle: ModelBundle, *, max_duration_s: float = 1200.0) -> PreparedClip:
     """Decode, validate and window one file; raises :class:`InvalidAudio`."""
     cfg = bundle.features
-    rec = load_audio(path, sr=cfg.sample_rate, min_samples=cfg.n_fft, max_duration_s=max_duration_s)
+    rec = load_audio(path, sr=cfg.sample_rate, min_samples=cfg.n_fft, max_duration_s=max_duration_s, band_probe_samples=cfg.band_probe_samples)
     return prepare_waveform(str(path), rec.y, bundle, wideband=rec.wideband)
 
 

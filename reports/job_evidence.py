@@ -131,7 +131,7 @@ def explain_examples(clf: Classifier, input_dir: Path, picked: list[tuple[str, d
     for kind, clip in picked:
         path = input_dir / clip["path"]
         try:
-            rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft)
+            rec = load_audio(path, sr=bundle.features.sample_rate, min_samples=bundle.features.n_fft, band_probe_samples=bundle.features.band_probe_samples)
         except InvalidAudio as exc:
             log.info("evidence: %s skipped: %s", path, exc)
             continue

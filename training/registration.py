@@ -14,11 +14,12 @@ from db import registry
 from db.schema import ModelVersion
 
 
-def register_checkpoint(session: Session, path: Path, *, status: str, **fields) -> ModelVersion:
-    """Register the checkpoint at ``path`` under the version it carries."""
-    from classifier.model import load_checkpoint  # torch, only now (see the module's note)
+def register_checkpoint(session: Session, path: Path, *, status: str, bundle=None, **fields) -> ModelVersion:
+    """Register the checkpoint at ``path`` under the version it carries (``bundle``: it, already loaded)."""
+    if bundle is None:
+        from classifier.model import load_checkpoint  # torch, only now (see the module's note)
 
-    bundle = load_checkpoint(path)  # InvalidCheckpoint when missing or unreadable
+        bundle = load_checkpoint(path)  # InvalidCheckpoint when missing or unreadable
     fields.setdefault("metrics", bundle.metrics)
     fields.setdefault("data_summary", bundle.info.get("data"))
     fields.setdefault("split", _split_beside(Path(path)) or ({"name": bundle.info["split"]} if "split" in bundle.info else None))
@@ -55,8 +56,8 @@ def ensure_active_model(session: Session, default_path: Path) -> ModelVersion:
         return active
 
 
-def adopt_updated_default(session: Session, active: ModelVersion, default_path: Path) -> ModelVersion | None:
-    """The new version in the default checkpoint when the active model was that file's old one, else None.
+def adopt_updated_default(session: Session, *, active_version: str, active_path: str, bundle, default_path: Path) -> ModelVersion | None:
+    """The new version in the default checkpoint (``bundle``, read from ``active_path``) when the active model was that file's old one, else None.
 
     An upgrade that ships a new default model rewrites its file in place, so
     the active row's file no longer matches its checksum and the old version
@@ -65,20 +66,15 @@ def adopt_updated_default(session: Session, active: ModelVersion, default_path: 
     (``expected_active``: a promotion by hand meanwhile wins). Workers racing
     here find the version registered and promoted by the first.
     """
-    from classifier.model import load_checkpoint  # torch, only now (see the module's note)
-
     default_path = Path(default_path).resolve()
-    if Path(active.path).resolve() != default_path:
-        return None
-    bundle = load_checkpoint(default_path)
-    if bundle.version == active.version:
-        return None  # the same version rewritten: not an upgrade, the checksum error stands
+    if Path(active_path).resolve() != default_path or bundle.version == active_version:
+        return None  # not the default file, or the same version rewritten: not an upgrade, the checksum error stands
     try:
-        register_checkpoint(session, default_path, status="candidate", parent_version=active.version)
+        register_checkpoint(session, default_path, status="candidate", bundle=bundle, parent_version=active_version)
     except registry.RegistryConflict:
         pass  # another worker registered it first
     try:
-        registry.promote(session, bundle.version, expected_active=active.version)
+        registry.promote(session, bundle.version, expected_active=active_version)
     except registry.RegistryConflict:
         pass  # promoted by another worker, or someone promoted by hand meanwhile
     now = registry.active_model(session)

@@ -20,7 +20,6 @@ from classifier.errors import InvalidCheckpoint
 from classifier.model import ModelBundle, load_checkpoint
 from classifier.pipeline import Classifier, use_bf16
 from db.session import create_db_engine, make_session_factory
-from db.schema import ModelVersion
 from training.registration import adopt_updated_default, ensure_active_model
 from voicegender.settings import Settings
 
@@ -52,8 +51,7 @@ class Runtime:
             bundle = load_checkpoint(path)
             if bundle.sha256 != sha256:
                 with self.sessions() as s:
-                    row = s.get(ModelVersion, version)
-                    adopted = adopt_updated_default(s, row, Path(self.settings.model_path)) if row is not None else None
+                    adopted = adopt_updated_default(s, active_version=version, active_path=path, bundle=bundle, default_path=Path(self.settings.model_path))
                 if adopted is None:
                     raise InvalidCheckpoint(f"{path} changed since model {version} was registered (sha256 {bundle.sha256[:12]}, registered {sha256[:12]})")
                 log.info("the default model file now holds %s (was %s): registered and made active", adopted.version, version)

@@ -161,10 +161,13 @@ def test_wideband_says_whether_the_file_carried_sound_above_the_target_band(tmp_
     sf.write(tmp_path / "studio.wav", studio, 48_000, subtype="FLOAT")
     sf.write(tmp_path / "phone.wav", voice8, 8_000, subtype="PCM_16")
     sf.write(tmp_path / "phone_at_48k.wav", soxr.resample(voice8, 8_000, 48_000), 48_000, subtype="PCM_16")
-    assert load_audio(tmp_path / "studio.wav", sr=8_000).wideband
-    assert not load_audio(tmp_path / "phone.wav", sr=8_000).wideband
-    assert not load_audio(tmp_path / "phone_at_48k.wav", sr=8_000).wideband  # 16-bit rounding stays below -50 dB
-    assert load_audio(tmp_path / "studio.wav", sr=48_000).wideband is False  # nothing is cut at the file's own rate
+    assert load_audio(tmp_path / "studio.wav", sr=8_000, band_probe_samples=8_000).wideband
+    assert not load_audio(tmp_path / "phone.wav", sr=8_000, band_probe_samples=8_000).wideband
+    assert not load_audio(tmp_path / "phone_at_48k.wav", sr=8_000, band_probe_samples=8_000).wideband  # 16-bit rounding stays below -50 dB
+    assert load_audio(tmp_path / "studio.wav", sr=48_000, band_probe_samples=48_000).wideband is False  # nothing is cut at the file's own rate
+    # Only recordings that fit the probe are measured: a clip's band matters only when it is shorter than a window.
+    assert load_audio(tmp_path / "studio.wav", sr=8_000, band_probe_samples=7_999).wideband is None
+    assert load_audio(tmp_path / "studio.wav", sr=8_000).wideband is None
     assert energy_above_db(np.zeros(100, np.float32), 8_000, 1_000.0) == float("-inf")
     assert energy_above_db(_tone(8_000, 8_000, hz=3_000.0), 8_000, 1_000.0) == pytest.approx(0.0, abs=0.01)
 
