@@ -33,6 +33,11 @@ from classifier.errors import (
 # How a clip shorter than one window fills it: centred in silence, repeated, or left at its own length.
 ShortFill = Literal["zeros", "loop", "trim"]
 SHORT_FILLS: tuple[str, ...] = get_args(ShortFill)
+# At inference a short clip may also be scored in two of those ways at once,
+# its log-odds the mean of both ("trim+loop": trimming reads short clips more
+# male, looping more female, and the pair ranks them better than either).
+InferenceFill = Literal["zeros", "loop", "trim", "trim+loop"]
+INFERENCE_FILLS: tuple[str, ...] = get_args(InferenceFill)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 MIN_SAMPLE_RATE = 8_000
@@ -348,9 +353,15 @@ def _short(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
-def check_short_fill(fill: str) -> None:
-    if fill not in SHORT_FILLS:
-        raise ValueError(f"fill must be one of {', '.join(SHORT_FILLS)}, got {fill!r}")
+def check_short_fill(fill: str, allowed: tuple[str, ...] = SHORT_FILLS) -> None:
+    if fill not in allowed:
+        raise ValueError(f"fill must be one of {', '.join(allowed)}, got {fill!r}")
+
+
+def fill_views(fill: str) -> tuple[str, ...]:
+    """The single fills an inference fill scores a short clip with: ``"trim+loop"`` -> ``("trim", "loop")``."""
+    check_short_fill(fill, INFERENCE_FILLS)
+    return tuple(fill.split("+"))
 
 
 def split_windows(y: np.ndarray, *, window: int, hop: int, fill: str = "zeros") -> np.ndarray:

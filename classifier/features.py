@@ -15,7 +15,7 @@ import librosa
 import numpy as np
 import torch
 
-from classifier.audio import ShortFill
+from classifier.audio import InferenceFill, ShortFill
 
 FeatureKind = Literal["mfcc", "logmel"]
 BandNorm = Literal["none", "lows", "all"]
@@ -54,9 +54,10 @@ class FeatureConfig:
     # The fill for a short clip whose file carried sound above this band (studio
     # audio; ``classifier.audio.Recording.wideband``); None: ``short_fill`` for
     # every clip. Applied at inference only: training reads band-limited copies.
-    wideband_short_fill: ShortFill | None = None
+    # May score the clip two ways at once ("trim+loop"; classifier.audio.fill_views).
+    wideband_short_fill: InferenceFill | None = None
 
-    def fill_for(self, wideband: bool | None) -> ShortFill:
+    def fill_for(self, wideband: bool | None) -> InferenceFill:
         """The short-clip fill for a recording that is (or is not, or was not measured) wideband."""
         return self.wideband_short_fill if wideband and self.wideband_short_fill else self.short_fill
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from classifier.audio import load_audio, speech_mask, split_windows
+from classifier.audio import fill_views, load_audio, speech_mask, split_windows
 from classifier.errors import InvalidAudio
 from classifier.features import compute_features
 from classifier.gradcam import GradCAM
@@ -47,7 +47,10 @@ class ClipResult:
 class PreparedClip:
     path: str
     duration_s: float
-    windows: np.ndarray  # (n_voting, window_samples)
+    windows: np.ndarray  # (n_voting, window_samples); a short clip's one window may be narrower ("trim")
+    # The same windows filled another way, each (n_voting, width): a short clip
+    # under a two-way fill ("trim+loop"). A window's log-odds are the mean over its views.
+    views: tuple[np.ndarray, ...] = ()
 
 
 def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband: bool | None = None) -> PreparedClip:
@@ -57,8 +60,12 @@ def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband:
     (``Recording.wideband``), which picks the short-clip fill.
     """
     cfg = bundle.features
-    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=cfg.fill_for(wideband))
-    return PreparedClip(path=path, duration_s=len(y) / cfg.sample_rate, windows=windows[speech_mask(windows)])
+    fill, *others = fill_views(cfg.fill_for(wideband))
+    windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=fill)
+    keep = speech_mask(windows)
+    # A clip of one window or more is windowed the same under every fill: no second view to score.
+    views = tuple(split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=f)[keep] for f in others) if len(y) < cfg.window_samples else ()
+    return PreparedClip(path=path, duration_s=len(y) / cfg.sample_rate, windows=windows[keep], views=views)
 
 
 def prepare_file(path: str | os.PathLike, bundle: ModelBundle, *, max_duration_s: float = 1200.0) -> PreparedClip:
@@ -157,10 +164,14 @@ class Classifier:
     def classify_prepared(
         self, items: list[PreparedClip | ClipResult], *, min_confidence: float | None = None
     ) -> list[ClipResult]:
-        """Score every voting window of the prepared clips at once, then combine per clip."""
+        """Score every voting window (every view of it) of the prepared clips at once, then combine per clip."""
         clips = [c for c in items if isinstance(c, PreparedClip)]
-        scored = iter(self.score_clips([c.windows for c in clips]))
-        return [item if isinstance(item, ClipResult) else self._combine(item, *next(scored), min_confidence) for item in items]
+        owners = [k for k, c in enumerate(clips) for _ in (c.windows, *c.views)]
+        per_clip: list[list] = [[] for _ in clips]
+        for k, scored in zip(owners, self.score_clips([w for c in clips for w in (c.windows, *c.views)])):
+            per_clip[k].append(scored)
+        views = iter(per_clip)
+        return [item if isinstance(item, ClipResult) else self._combine(item, next(views), min_confidence) for item in items]
 
     def score_clips(self, clip_windows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Per clip, the log-odds (n,) and maps (n, F, T) of its windows (n, width).
@@ -218,18 +229,23 @@ class Classifier:
         return result.logits, result.cam
 
     def _combine(
-        self, clip: PreparedClip, log_odds: np.ndarray, cams: np.ndarray | None, min_confidence: float | None
+        self, clip: PreparedClip, views: list[tuple[np.ndarray, np.ndarray | None]], min_confidence: float | None
     ) -> ClipResult:
-        # Mean log-odds over windows that hold speech: each voting window counts once.
+        """One verdict from each view's (log-odds (n,), maps (n, F, t) or None) of the clip's n voting windows."""
+        # A window's log-odds: the mean over its views. The clip's: the mean over
+        # windows that hold speech, so each voting window counts once.
+        log_odds = np.mean([lo for lo, _ in views], axis=0)
         mean_log_odds = float(np.mean(log_odds))
         p_female = float(self.bundle.calibration.p_female(torch.tensor(mean_log_odds)))
         prediction = "female" if p_female >= 0.5 else "male"
         if min_confidence is not None and max(p_female, 1 - p_female) < min_confidence:
             prediction = "uncertain"
-        cam = None if cams is None else cams.mean(axis=0)
-        attention = None if cam is None else cam.mean(axis=-1)
-        if cam is not None and cam.shape[-1] < self.bundle.features.n_frames:
-            cam = centre_in_window(cam, self.bundle.features.n_frames)
+        cam = attention = None
+        if views[0][1] is not None:
+            maps = [cams.mean(axis=0) for _, cams in views]  # (F, t) per view, over the voting windows
+            attention = np.mean([m.mean(axis=-1) for m in maps], axis=0)  # over each view's own frames: padding does not dilute it
+            n_frames = self.bundle.features.n_frames
+            cam = np.mean([centre_in_window(m, n_frames) if m.shape[-1] < n_frames else m for m in maps], axis=0)
         return ClipResult(
             path=clip.path,
             prediction=prediction,

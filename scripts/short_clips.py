@@ -6,12 +6,14 @@ has few short clips outside its telephone digits. This cuts short excerpts
 clips of a run (``split.json``'s ``val``) and scores them next to the whole
 clips, at the model's calibrated threshold and by ROC AUC, per corpus and
 gender. ``--fill`` scores the excerpts with a short-clip fill other than the
-checkpoint's (``zeros``, ``loop`` or ``trim``; an inference-only what-if).
+checkpoint's (``zeros``, ``loop``, ``trim`` or ``trim+loop``; an inference-only what-if),
+``--against FILL`` also scores them with another and bounds the difference
+by resampling speakers.
 These figures come from the 8 kHz training cache, so a checkpoint's
 ``wideband_short_fill`` is not applied; ``--write DIR`` also writes the
 excerpts cut from the files as recorded, for ``voicegender classify DIR``. Usage:
 
-    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--write DIR] [--cache-dir DIR]
+    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--against trim] [--write DIR] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.audio import SHORT_FILLS  # noqa: E402
+from classifier.audio import INFERENCE_FILLS  # noqa: E402
 from classifier.model import load_checkpoint  # noqa: E402
 from training.calibrate import weighted_auc  # noqa: E402
 from training.data import load_waveforms  # noqa: E402
@@ -82,6 +84,27 @@ def report(name: str, z: np.ndarray, is_female: np.ndarray, groups: list[tuple[s
     return row
 
 
+def paired_bootstrap(z: np.ndarray, z_other: np.ndarray, is_female: np.ndarray, speakers: list, threshold: float, *, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Balanced accuracy of ``z`` minus that of ``z_other`` (the same excerpts), with a 95 % interval.
+
+    Each draw resamples speakers with replacement, within each gender so every
+    draw has both, and scores both sets of log-odds on the same excerpts: the
+    interval is of the difference, which excerpts shared between the two make narrow.
+    """
+    rng = np.random.default_rng(seed)
+    by_speaker = defaultdict(list)
+    for k, s in enumerate(speakers):
+        by_speaker[s].append(k)
+    groups = [[np.array(v) for s, v in by_speaker.items() if is_female[v[0]] == g] for g in (True, False)]
+    diffs = []
+    for _ in range(draws):
+        pick = np.concatenate([g[j] for g in groups for j in rng.integers(len(g), size=len(g))])
+        diffs.append(balanced_accuracy_at(z[pick], is_female[pick], threshold) - balanced_accuracy_at(z_other[pick], is_female[pick], threshold))
+    delta = balanced_accuracy_at(z, is_female, threshold) - balanced_accuracy_at(z_other, is_female, threshold)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(delta), float(lo), float(hi)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
@@ -90,7 +113,8 @@ def main() -> None:
     ap.add_argument("--corpus", action="append", default=[], help="only these corpora (repeatable; default all)")
     ap.add_argument("--length", type=float, default=0.6, help="excerpt length in seconds (default 0.6)")
     ap.add_argument("--per-clip", type=int, default=3, help="excerpts per clip (default 3)")
-    ap.add_argument("--fill", choices=SHORT_FILLS, help="score with this short-clip fill instead of the checkpoint's")
+    ap.add_argument("--fill", choices=INFERENCE_FILLS, help="score with this short-clip fill instead of the checkpoint's")
+    ap.add_argument("--against", choices=INFERENCE_FILLS, help="also score the excerpts with this fill and print the difference, with a 95 %% interval over speakers")
     ap.add_argument("--threshold", type=float, help="raw log-odds threshold (default: the model's calibrated p = 0.5)")
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
@@ -129,6 +153,12 @@ def main() -> None:
     z, fem = file_log_odds(bundle, ex_clips, ex_waves, list(range(len(ex_clips))))
     name = f"{args.length:g} s excerpts"
     rows[name] = report(name, z, fem, [(c.corpus, c.gender) for c in ex_clips], threshold)
+    if args.against:
+        other = dataclasses.replace(bundle, features=dataclasses.replace(bundle.features, short_fill=args.against))
+        z_other, _ = file_log_odds(other, ex_clips, ex_waves, list(range(len(ex_clips))))
+        delta, lo, hi = paired_bootstrap(z, z_other, fem, [(c.corpus, c.speaker) for c in ex_clips], threshold)
+        print(f"{'':>18}  against {args.against}: balanced accuracy {delta:+.4f} (95 % over speakers {lo:+.4f} to {hi:+.4f})")
+        rows[name]["against"] = {"fill": args.against, "delta": delta, "ci95": [lo, hi]}
     if args.out:
         args.out.write_text(json.dumps({"model": bundle.version, "short_fill": bundle.features.short_fill, "threshold": threshold, **rows}, indent=2))
 

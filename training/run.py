@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from classifier.audio import check_short_fill
+from classifier.audio import INFERENCE_FILLS, check_short_fill
 from classifier.features import FeatureConfig, logmel_config, seed_mfcc_config
 from classifier.model import load_checkpoint
 from training.data import load_waveforms
@@ -117,7 +117,7 @@ def run_training(
     else:
         features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin, fmax)
     if wideband_short_fill:
-        check_short_fill(wideband_short_fill)
+        check_short_fill(wideband_short_fill, INFERENCE_FILLS)
         features = replace(features, wideband_short_fill=wideband_short_fill)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)

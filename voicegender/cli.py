@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from classifier.audio import SHORT_FILLS
+from classifier.audio import INFERENCE_FILLS, SHORT_FILLS
 from classifier.errors import InvalidCheckpoint, InvalidDataset
 from voicegender.service_cli import JobNotFound, add_service_commands
 from voicegender.settings import Settings
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=("logmel", "mfcc"), default="logmel")
     p.add_argument("--band-norm", choices=("none", "lows", "all"), default="none", help="remove each window's long-term level of the bands below 400 Hz (lows) or of every band (all), so a channel's bass cannot decide (default none; see models/MODEL_CARD.md)")
     p.add_argument("--short-fill", choices=SHORT_FILLS, default=None, help="how a clip shorter than the 1 s window fills it, in training and at inference: centred in silence (zeros), repeated (loop) or not at all, scored at its own length with half the training batches narrower than 1 s (trim); stored in the checkpoint (default zeros, or --init's)")
-    p.add_argument("--wideband-short-fill", choices=SHORT_FILLS, default=None, help="the fill for a short clip whose file carries sound above the model's band (studio audio, not telephone): stored in the checkpoint and used at inference only (the shipped model: trim; default: --short-fill for every clip, or --init's)")
+    p.add_argument("--wideband-short-fill", choices=INFERENCE_FILLS, default=None, help="the fill for a short clip whose file carries sound above the model's band (studio audio, not telephone): stored in the checkpoint and used at inference only; trim+loop scores the clip both ways and averages the log-odds (the shipped model: trim+loop; default: --short-fill for every clip, or --init's)")
     p.add_argument("--fmin", type=float, default=None, metavar="HZ", help="log-mel only: the lowest mel band edge in Hz (default 50); 300 leaves out the band telephone channels cut or boost. Stored in the checkpoint (see models/MODEL_CARD.md)")
     p.add_argument("--fmax", type=float, default=None, metavar="HZ", help="log-mel only: the highest mel band edge in Hz (default 4000, half the 8 kHz rate); 3400 is the top of the telephone band. Stored in the checkpoint (see models/MODEL_CARD.md)")
     p.add_argument("--init", type=Path, default=None, metavar="MODEL", help="fine-tune this checkpoint instead of starting from scratch: its weights, standardisation and features (--features, --band-norm, --fmin and --fmax are ignored; --short-fill may change). Validate on speakers it never trained on: the same --split and --seed as its own run, or new speakers")

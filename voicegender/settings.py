@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from classifier.audio import ShortFill
+from classifier.audio import InferenceFill, ShortFill
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTER_MODEL = REPO_ROOT / "models" / "starter.pt"
@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     retrain_band_norm: Literal["none", "lows", "all"] = "none"  # FeatureConfig.band_norm of the candidate's features
     retrain_short_fill: ShortFill = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
     # FeatureConfig.wideband_short_fill: the same for a file with sound above the model's band (studio audio), as in the shipped model
-    retrain_wideband_short_fill: ShortFill | None = "trim"
+    retrain_wideband_short_fill: InferenceFill | None = "trim+loop"
     retrain_fmin: float = Field(300.0, ge=0.0, lt=3000.0)  # log-mel's lowest band edge, Hz, as in the shipped model (ignored for mfcc)
     retrain_seed: int = 0
     retrain_val_fraction: float = 0.15  # of the non-held-out speakers: learning curve and calibration

@@ -64,6 +64,41 @@ def test_a_short_wideband_file_takes_the_wideband_fill(bundle, tmp_path):
     assert studio_clip.windows == 1 and studio_clip.error is None
 
 
+def test_a_two_way_fill_scores_a_short_clip_both_ways_and_averages(bundle):
+    """wideband_short_fill="trim+loop": a short studio clip's log-odds are the mean of its trimmed and
+    looped views, its map one window wide; longer clips and telephone clips are scored as before."""
+    both = ModelBundle(model=bundle.model, features=replace(bundle.features, wideband_short_fill="trim+loop"), version="both")
+    y = _tone(0.4, 180.0) + 0.05 * _tone(0.4, 1_234.0)
+    clip = prepare_waveform("s", y, both, wideband=True)
+    assert clip.windows.shape == (1, len(y)) and [v.shape for v in clip.views] == [(1, SR)]
+    clf = Classifier(both)
+    result = clf.classify_prepared([clip])[0]
+    trimmed, _ = clf.score_windows(y[None])
+    looped, _ = clf.score_windows(np.tile(y, 3)[None, :SR])
+    assert abs(trimmed[0] - looped[0]) > 1e-3  # the two views differ, so the mean is a real test
+    assert result.log_odds == pytest.approx((trimmed[0] + looped[0]) / 2, abs=1e-4)
+    assert result.windows == 1
+    assert result.cam.shape == (both.features.n_bins, both.features.n_frames) and result.attention.shape == (both.features.n_bins,)
+    long_clip = prepare_waveform("l", _tone(2.5), both, wideband=True)
+    assert long_clip.views == ()
+    assert clf.classify_prepared([long_clip])[0].log_odds == pytest.approx(clf.classify_prepared([prepare_waveform("l", _tone(2.5), bundle)])[0].log_odds)
+    phone = prepare_waveform("p", y, both, wideband=False)
+    assert phone.windows.shape == (1, SR) and phone.views == ()  # short_fill ("zeros"): one view
+
+
+def test_a_two_way_fill_is_for_inference_only():
+    from classifier.audio import check_short_fill, fill_views
+    from training.data import BalancedCropSampler
+
+    assert fill_views("trim+loop") == ("trim", "loop") and fill_views("zeros") == ("zeros",)
+    with pytest.raises(ValueError, match="trim\\+loop"):
+        check_short_fill("trim+loop")  # training's fills: a crop has one
+    with pytest.raises(ValueError):
+        BalancedCropSampler([], [], [], window=SR, seed=0, fill="trim+loop")
+    with pytest.raises(ValueError):
+        fill_views("mirror")
+
+
 def test_long_file_windows_and_silence_does_not_vote(bundle):
     y = np.concatenate([_tone(3.0), np.zeros(4 * SR, np.float32), _tone(3.0)])
     clip = prepare_waveform("a", y, bundle)

@@ -162,11 +162,15 @@ def test_deletion_sample_is_spread_over_the_job_and_chunk_files_add_up(tiny_bund
     assert read_job_deletion(tmp_path / "none") == (None, 0)
 
 
-def test_trimmed_short_clips_beside_long_ones_give_window_sized_evidence(tiny_bundle: ModelBundle, tmp_path: Path):
-    """short_fill="trim": short clips' windows are narrower; maps, examples and the deletion check still line up."""
+@pytest.mark.parametrize("fill", ["trim", "trim+loop"])
+def test_trimmed_short_clips_beside_long_ones_give_window_sized_evidence(tiny_bundle: ModelBundle, tmp_path: Path, fill: str):
+    """short_fill="trim": short clips' windows are narrower; maps, examples and the deletion check still line up.
+
+    Under "trim+loop" (scored trimmed and looped) the maps average the two views; the evidence reads the trimmed one.
+    """
     from dataclasses import replace
 
-    trimmed = ModelBundle(model=tiny_bundle.model, features=replace(tiny_bundle.features, short_fill="trim"), version="trim")
+    trimmed = ModelBundle(model=tiny_bundle.model, features=replace(tiny_bundle.features, short_fill=fill), version=fill)
     folder = write_labelled_folder(tmp_path / "in", n_clips=4, sr=16000, seed=3)
     short = sorted(folder.glob("*.wav"))
     y, sr = sf.read(short[0], dtype="float32")

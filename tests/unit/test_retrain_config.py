@@ -12,7 +12,7 @@ def test_a_retrain_uses_the_shipped_models_pitch_shift_by_default(tmp_path):
     assert cfg.pitch_shift_prob == 0.4 and cfg.pitch_both_ways and cfg.augment
     assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0 and cfg.codec_prob == 0.0
     assert Settings(data_dir=tmp_path).retrain_fmin == 300.0  # starter-8's mel bands start at 300 Hz
-    assert Settings(data_dir=tmp_path).retrain_wideband_short_fill == "trim"  # starter-8.1 scores short studio clips at their own length
+    assert Settings(data_dir=tmp_path).retrain_wideband_short_fill == "trim+loop"  # starter-8.2 scores short studio clips trimmed and looped
 
 
 def test_settings_and_a_requests_overrides_change_the_recipe(tmp_path):
