@@ -222,3 +222,38 @@ def test_bad_files_fail_alone_with_their_reason(service_env, redis_url, worker, 
     assert {p: c["state"] for p, c in clips.items() if c["state"] == "failed"} == {"noise.wav": "failed", "empty.wav": "failed"}
     assert all(clips[p]["error"] and clips[p]["error_reason"] for p in ("noise.wav", "empty.wav"))
     assert Path(status["report"]).is_file()
+
+
+def test_a_worker_scores_short_studio_clips_both_ways_under_a_two_way_fill(service_env, redis_url, worker, voicegender, job_table, tmp_path, tiny_model):
+    """A model whose wideband_short_fill is "trim+loop" (as the starter's): a worker process scores a short
+    studio clip trimmed and looped and stores the mean log-odds; a short 8 kHz clip keeps the one view in silence."""
+    from dataclasses import replace
+
+    from classifier.model import ModelBundle, load_checkpoint, save_checkpoint
+    from classifier.pipeline import Classifier, prepare_file, use_bf16
+
+    tiny = load_checkpoint(tiny_model)
+    both = ModelBundle(model=tiny.model, features=replace(tiny.features, wideband_short_fill="trim+loop"), version="it-both")
+    save_checkpoint(both, tmp_path / "both.pt")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k, speaker in enumerate(make_speakers(n_female=2, n_male=2, seed=5)):
+        y = synthesize_digit(speaker=speaker, digit=k, repetition=0, sr=16_000, seed=5)
+        t = np.arange(len(y)) / 16_000
+        write_pcm16(folder / f"studio_{k}_{speaker.gender}.wav", y=y + 0.05 * np.abs(y).max() * np.sin(2 * np.pi * 6_000 * t), sr=16_000)
+        write_pcm16(folder / f"phone_{k}_{speaker.gender}.wav", y=synthesize_digit(speaker=speaker, digit=k, repetition=0, sr=8000, seed=5), sr=8000)
+    env = service_env(broker_url=redis_url, model_path=tmp_path / "both.pt")
+    with worker(env) as w:
+        job = submit(voicegender, env, folder)
+        wait_for_final_row(job_table(tmp_path / "data"), job["id"], timeout_s=180, worker=w)
+    stored = {c["path"]: c["log_odds"] for c in assert_every_clip_once(job_table(tmp_path / "data"), job["id"], folder)}
+
+    clf = Classifier(both, explain=False, bf16=use_bf16("auto"))  # the worker's precision (VOICEGENDER_PRECISION's default)
+    for path in sorted(folder.iterdir()):
+        clip = prepare_file(path, both)
+        assert len(clip.views) == (1 if path.name.startswith("studio") else 0), path.name
+        views = [float(np.mean(clf.score_windows(w)[0])) for w in (clip.windows, *clip.views)]
+        tol = 1e-3 * max(1.0, abs(np.mean(views)))  # batches differ between the worker and here
+        if clip.views:
+            assert abs(views[0] - views[1]) > 20 * tol  # trimmed and looped differ, so the mean is a real test
+        assert stored[path.name] == pytest.approx(np.mean(views), abs=tol), (path.name, views)
