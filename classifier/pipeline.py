@@ -165,13 +165,10 @@ class Classifier:
         self, items: list[PreparedClip | ClipResult], *, min_confidence: float | None = None
     ) -> list[ClipResult]:
         """Score every voting window (every view of it) of the prepared clips at once, then combine per clip."""
-        clips = [c for c in items if isinstance(c, PreparedClip)]
-        owners = [k for k, c in enumerate(clips) for _ in (c.windows, *c.views)]
-        per_clip: list[list] = [[] for _ in clips]
-        for k, scored in zip(owners, self.score_clips([w for c in clips for w in (c.windows, *c.views)])):
-            per_clip[k].append(scored)
-        views = iter(per_clip)
-        return [item if isinstance(item, ClipResult) else self._combine(item, next(views), min_confidence) for item in items]
+        views = [(c.windows, *c.views) for c in items if isinstance(c, PreparedClip)]
+        scored = iter(self.score_clips([w for clip_views in views for w in clip_views]))
+        per_clip = iter([[next(scored) for _ in clip_views] for clip_views in views])
+        return [item if isinstance(item, ClipResult) else self._combine(item, next(per_clip), min_confidence) for item in items]
 
     def score_clips(self, clip_windows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Per clip, the log-odds (n,) and maps (n, F, T) of its windows (n, width).

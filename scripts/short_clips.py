@@ -105,6 +105,11 @@ def paired_bootstrap(z: np.ndarray, z_other: np.ndarray, is_female: np.ndarray, 
     return float(delta), float(lo), float(hi)
 
 
+def with_fill(bundle, fill: str):
+    """The bundle with every short clip filled ``fill`` (an inference-only what-if)."""
+    return dataclasses.replace(bundle, features=dataclasses.replace(bundle.features, short_fill=fill))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
@@ -124,7 +129,7 @@ def main() -> None:
 
     bundle = load_checkpoint(args.model)
     if args.fill:
-        bundle = dataclasses.replace(bundle, features=dataclasses.replace(bundle.features, short_fill=args.fill))
+        bundle = with_fill(bundle, args.fill)
     cal = bundle.calibration
     threshold = args.threshold if args.threshold is not None else -cal.bias / cal.scale
     sr = bundle.features.sample_rate
@@ -154,8 +159,7 @@ def main() -> None:
     name = f"{args.length:g} s excerpts"
     rows[name] = report(name, z, fem, [(c.corpus, c.gender) for c in ex_clips], threshold)
     if args.against:
-        other = dataclasses.replace(bundle, features=dataclasses.replace(bundle.features, short_fill=args.against))
-        z_other, _ = file_log_odds(other, ex_clips, ex_waves, list(range(len(ex_clips))))
+        z_other, _ = file_log_odds(with_fill(bundle, args.against), ex_clips, ex_waves, list(range(len(ex_clips))))
         delta, lo, hi = paired_bootstrap(z, z_other, fem, [(c.corpus, c.speaker) for c in ex_clips], threshold)
         print(f"{'':>18}  against {args.against}: balanced accuracy {delta:+.4f} (95 % over speakers {lo:+.4f} to {hi:+.4f})")
         rows[name]["against"] = {"fill": args.against, "delta": delta, "ci95": [lo, hi]}
