@@ -10,7 +10,7 @@ $(BIN)/voicegender: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.14.1 / torchvision 0.29.1 are the pair pip finds on this machine's disk.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,record]'
 	touch $@
 
 setup: $(BIN)/voicegender

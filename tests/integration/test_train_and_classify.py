@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -199,6 +200,48 @@ def test_record_without_a_microphone_fails_with_one_line(tmp_path):
     assert lines[-1].startswith("voicegender: error:") and ("microphone" in lines[-1] or "sounddevice" in lines[-1])
     assert not (tmp_path / "r.wav").exists()
 
+
+
+def test_record_classifies_what_the_microphone_hears(trained_run, synthetic_audiomnist, tmp_path):
+    """`record` through real sounddevice, PortAudio and ALSA; only the sound card is a file.
+
+    ALSA's ``file`` plugin serves a raw recording as the default capture
+    device, so the WAV that `record` saves must hold exactly those samples, and
+    its verdict must be what `classify` says of the same samples.
+    """
+    try:
+        import sounddevice  # noqa: F401  (loads PortAudio)
+    except OSError:
+        pytest.skip("PortAudio is not installed (apt-get install libportaudio2): `record` needs it")
+    import soundfile as sf
+    import soxr
+
+    clip = next(iter(sorted(synthetic_audiomnist.rglob("*.wav"))))
+    y, sr = sf.read(clip, dtype="float64")
+    voice = np.round(soxr.resample(y, sr, 16_000) * 32767).astype("<i2")
+    heard = np.concatenate([voice, np.zeros(2 * 16_000, dtype="<i2")])  # more than is recorded: no EOF mid-take
+    (tmp_path / "mic.raw").write_bytes(heard.tobytes())
+    (tmp_path / ".asoundrc").write_text(
+        'pcm.!default {\n type file\n slave.pcm "null"\n file "/dev/null"\n'
+        f' infile "{tmp_path / "mic.raw"}"\n format "raw"\n}}\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}  # ALSA reads ~/.asoundrc
+    out = tmp_path / "take.wav"
+    proc = subprocess.run([sys.executable, "-m", "voicegender", "record", "--seconds", "1.5", "--out", str(out),
+                           "--model", str(trained_run / "model.pt")], capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    saved, saved_sr = sf.read(out, dtype="int16")
+    assert saved_sr == 16_000 and sf.info(out).subtype == "PCM_16"
+    np.testing.assert_array_equal(saved, heard[:24_000])
+    expected = tmp_path / "expected.wav"
+    sf.write(expected, heard[:24_000], 16_000, subtype="PCM_16")
+    direct = run_cli("classify", str(expected), "--model", str(trained_run / "model.pt"))
+    recorded, = list(csv.DictReader(io.StringIO(proc.stdout)))
+    classified, = list(csv.DictReader(io.StringIO(direct.stdout)))
+    assert recorded["path"] == str(out) and recorded["error"] == "" and recorded["prediction"] in ("female", "male")
+    assert {k: v for k, v in recorded.items() if k != "path"} == {k: v for k, v in classified.items() if k != "path"}
+    assert recorded["duration_s"].startswith("1.5") and recorded["windows"] == "2"
 
 def _write_manifest(path: Path, wavs: list[Path], meta: dict, *, swap: bool = False) -> Path:
     other = {"female": "male", "male": "female"}
