@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test fuzz loadtest
 
-$(BIN)/voicegender: pyproject.toml
+$(BIN)/voicegender: pyproject.toml Makefile  # Makefile: a changed install line reaches existing venvs
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.14.1 / torchvision 0.29.1 are the pair pip finds on this machine's disk.
