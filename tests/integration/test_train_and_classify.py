@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``env``: variables set for this run on top of the test's own."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "voicegender", *args], capture_output=True, text=True, env=env, cwd=REPO)
     if check and proc.returncode != 0:
         raise AssertionError(f"voicegender {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -201,7 +202,6 @@ def test_record_without_a_microphone_fails_with_one_line(tmp_path):
     assert not (tmp_path / "r.wav").exists()
 
 
-
 def test_record_classifies_what_the_microphone_hears(trained_run, synthetic_audiomnist, tmp_path):
     """`record` through real sounddevice, PortAudio and ALSA; only the sound card is a file.
 
@@ -218,7 +218,7 @@ def test_record_classifies_what_the_microphone_hears(trained_run, synthetic_audi
     import soundfile as sf
     import soxr
 
-    clip = next(iter(sorted(synthetic_audiomnist.rglob("*.wav"))))
+    clip = sorted(synthetic_audiomnist.rglob("*.wav"))[0]
     y, sr = sf.read(clip, dtype="float64")
     voice = np.round(soxr.resample(y, sr, 16_000) * 32767).astype("<i2")
     heard = np.concatenate([voice, np.zeros(2 * 16_000, dtype="<i2")])  # more than is recorded: no EOF mid-take
@@ -227,23 +227,23 @@ def test_record_classifies_what_the_microphone_hears(trained_run, synthetic_audi
         'pcm.!default {\n type file\n slave.pcm "null"\n file "/dev/null"\n'
         f' infile "{tmp_path / "mic.raw"}"\n format "raw"\n}}\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}  # ALSA reads ~/.asoundrc
     out = tmp_path / "take.wav"
-    proc = subprocess.run([sys.executable, "-m", "voicegender", "record", "--seconds", "1.5", "--out", str(out),
-                           "--model", str(trained_run / "model.pt")], capture_output=True, text=True, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("record", "--seconds", "1.5", "--out", str(out), "--model", str(trained_run / "model.pt"),
+                   env={"HOME": str(tmp_path)})  # ALSA reads ~/.asoundrc
+    taken = heard[: int(1.5 * 16_000)]
 
     saved, saved_sr = sf.read(out, dtype="int16")
     assert saved_sr == 16_000 and sf.info(out).subtype == "PCM_16"
-    np.testing.assert_array_equal(saved, heard[:24_000])
+    np.testing.assert_array_equal(saved, taken)
     expected = tmp_path / "expected.wav"
-    sf.write(expected, heard[:24_000], 16_000, subtype="PCM_16")
+    sf.write(expected, taken, 16_000, subtype="PCM_16")
     direct = run_cli("classify", str(expected), "--model", str(trained_run / "model.pt"))
     recorded, = list(csv.DictReader(io.StringIO(proc.stdout)))
     classified, = list(csv.DictReader(io.StringIO(direct.stdout)))
     assert recorded["path"] == str(out) and recorded["error"] == "" and recorded["prediction"] in ("female", "male")
     assert {k: v for k, v in recorded.items() if k != "path"} == {k: v for k, v in classified.items() if k != "path"}
     assert recorded["duration_s"].startswith("1.5") and recorded["windows"] == "2"
+
 
 def _write_manifest(path: Path, wavs: list[Path], meta: dict, *, swap: bool = False) -> Path:
     other = {"female": "male", "male": "female"}
