@@ -218,31 +218,32 @@ def test_record_classifies_what_the_microphone_hears(trained_run, synthetic_audi
     import soundfile as sf
     import soxr
 
+    seconds, rate = 1.5, 16_000  # rate: what `record` captures at
     clip = sorted(synthetic_audiomnist.rglob("*.wav"))[0]
     y, sr = sf.read(clip, dtype="float64")
-    voice = np.round(soxr.resample(y, sr, 16_000) * 32767).astype("<i2")
-    heard = np.concatenate([voice, np.zeros(2 * 16_000, dtype="<i2")])  # more than is recorded: no EOF mid-take
+    voice = np.round(soxr.resample(y, sr, rate) * 32767).astype("<i2")
+    heard = np.concatenate([voice, np.zeros(2 * rate, dtype="<i2")])  # more than is recorded: no EOF mid-take
     (tmp_path / "mic.raw").write_bytes(heard.tobytes())
     (tmp_path / ".asoundrc").write_text(
         'pcm.!default {\n type file\n slave.pcm "null"\n file "/dev/null"\n'
         f' infile "{tmp_path / "mic.raw"}"\n format "raw"\n}}\n'
     )
     out = tmp_path / "take.wav"
-    proc = run_cli("record", "--seconds", "1.5", "--out", str(out), "--model", str(trained_run / "model.pt"),
+    proc = run_cli("record", "--seconds", str(seconds), "--out", str(out), "--model", str(trained_run / "model.pt"),
                    env={"HOME": str(tmp_path)})  # ALSA reads ~/.asoundrc
-    taken = heard[: int(1.5 * 16_000)]
+    taken = heard[: int(seconds * rate)]
 
     saved, saved_sr = sf.read(out, dtype="int16")
-    assert saved_sr == 16_000 and sf.info(out).subtype == "PCM_16"
+    assert saved_sr == rate and sf.info(out).subtype == "PCM_16"
     np.testing.assert_array_equal(saved, taken)
     expected = tmp_path / "expected.wav"
-    sf.write(expected, taken, 16_000, subtype="PCM_16")
+    sf.write(expected, taken, rate, subtype="PCM_16")
     direct = run_cli("classify", str(expected), "--model", str(trained_run / "model.pt"))
     recorded, = list(csv.DictReader(io.StringIO(proc.stdout)))
     classified, = list(csv.DictReader(io.StringIO(direct.stdout)))
     assert recorded["path"] == str(out) and recorded["error"] == "" and recorded["prediction"] in ("female", "male")
     assert {k: v for k, v in recorded.items() if k != "path"} == {k: v for k, v in classified.items() if k != "path"}
-    assert recorded["duration_s"].startswith("1.5") and recorded["windows"] == "2"
+    assert recorded["duration_s"].startswith(str(seconds)) and recorded["windows"] == "2"
 
 
 def _write_manifest(path: Path, wavs: list[Path], meta: dict, *, swap: bool = False) -> Path:
