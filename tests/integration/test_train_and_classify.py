@@ -219,7 +219,7 @@ def test_record_classifies_what_the_microphone_hears(trained_run, synthetic_audi
     import soxr
 
     seconds, rate = 1.5, 16_000  # rate: what `record` captures at
-    clip = sorted(synthetic_audiomnist.rglob("*.wav"))[0]
+    clip = min(synthetic_audiomnist.rglob("*.wav"))
     y, sr = sf.read(clip, dtype="float64")
     voice = np.round(soxr.resample(y, sr, rate) * 32767).astype("<i2")
     heard = np.concatenate([voice, np.zeros(2 * rate, dtype="<i2")])  # more than is recorded: no EOF mid-take
