@@ -10,11 +10,15 @@ the job report's speaker verdict) gets right. Raw (uncalibrated) log-odds per
 clip, as ``classify`` combines windows.
 Usage:
 
-    python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--also-at RAW ...] [--with RUN_DIR ...] [--json OUT]
+    python scripts/holdout_report.py RUN_DIR MANIFEST [--cache-dir DIR] [--also-at RAW ...] [--with RUN_DIR ...] [--by-tag KEY] [--json OUT]
 
 ``--with`` scores an ensemble: the mean raw log-odds per clip of RUN_DIR and
 each other run (seeds or recipes trained on the same split), after each
-member's own AUC line.
+member's own AUC line. ``--by-tag emotion`` splits the clips by a
+``key=value`` tag of the manifest's ``text`` column (RAVDESS's is
+``emotion=angry; intensity=strong; ...``) and gives each value's accuracy
+per gender at 0 and at every ``--also-at``: which speaking styles a
+threshold costs.
 """
 from __future__ import annotations
 
@@ -51,8 +55,22 @@ def ensemble_log_odds(members: list[tuple[list[int], np.ndarray]]) -> np.ndarray
     return np.mean([z for _, z in members], axis=0)
 
 
-def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], speaker: list[str], also_at: tuple[float, ...] = ()) -> dict:
-    """``also_at``: raw thresholds (another model's calibrated one, say) to score the clips at as well."""
+def tag_value(text: str, key: str) -> str:
+    """``key``'s value in a manifest text like ``emotion=angry; intensity=strong`` ("" when it has none)."""
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return ""
+
+
+def holdout_figures(
+    z: np.ndarray, is_female: np.ndarray, corpus: list[str], speaker: list[str], also_at: tuple[float, ...] = (), styles: list[str] | None = None
+) -> dict:
+    """``also_at``: raw thresholds (another model's calibrated one, say) to score the clips at as well.
+
+    ``styles``: a label per clip (an emotion, say; "" for none): accuracy per label and gender at 0 and at each ``also_at``.
+    """
     right = (z >= 0) == is_female
     groups, speakers = defaultdict(list), defaultdict(list)
     for c, s, f, ok in zip(corpus, speaker, is_female, right):
@@ -75,6 +93,18 @@ def holdout_figures(z: np.ndarray, is_female: np.ndarray, corpus: list[str], spe
         },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
         "balanced_accuracy_at": {f"{t:g}": balanced_accuracy_at(z, is_female, t) for t in also_at},
+        "accuracy_by_style": _accuracy_by_style(z, is_female, styles, (0.0, *also_at)) if styles is not None else {},
+    }
+
+
+def _accuracy_by_style(z: np.ndarray, is_female: np.ndarray, styles: list[str], thresholds: tuple[float, ...]) -> dict:
+    groups = defaultdict(list)
+    for k, (style, f) in enumerate(zip(styles, is_female)):
+        if style:
+            groups[f"{style}/{'female' if f else 'male'}"].append(k)
+    return {
+        g: {f"{t:g}": round(float(np.mean((z[idx] >= t) == is_female[idx])), 3) for t in dict.fromkeys(thresholds)}
+        for g, idx in sorted(groups.items())
     }
 
 
@@ -85,6 +115,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--with", dest="others", type=Path, action="append", default=[], metavar="RUN_DIR", help="average the raw log-odds per clip with this run's, an ensemble (same split; repeatable)")
+    ap.add_argument("--by-tag", default=None, metavar="KEY", help="accuracy per value of this key=value tag of the manifest's text (e.g. emotion)")
     ap.add_argument("--also-at", type=float, action="append", default=[], metavar="RAW", help="also score at this raw log-odds threshold, e.g. a shipped model's calibrated one (repeatable)")
     args = ap.parse_args()
 
@@ -101,7 +132,8 @@ def main() -> None:
             sys.exit(str(e))
         for run, (_, member_z) in zip([args.run_dir, *args.others], members):
             print(f"member {run.name}: AUC {weighted_auc(member_z, is_female, np.ones(len(member_z))):.3f}")
-    figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at))
+    styles = [tag_value(clips[i].text, args.by_tag) for i in kept] if args.by_tag else None
+    figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at), styles)
     name = "+".join(r.name for r in [args.run_dir, *args.others])
     print(
         f"{name}: {figures['clips']} clips, AUC {figures['auc']:.3f}, balanced accuracy at 0 {figures['balanced_accuracy_at_0']:.3f}, "
@@ -112,6 +144,8 @@ def main() -> None:
     print(f"  speakers with 50+ clips at 0: {figures['speakers_with_50_clips_at_0']}")
     for t, ba in figures["balanced_accuracy_at"].items():
         print(f"  balanced accuracy at {t}: {ba:.3f}")
+    for style, right in figures["accuracy_by_style"].items():
+        print(f"  {args.by_tag} {style}: " + ", ".join(f"{acc:.3f} at {t}" for t, acc in right.items()))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

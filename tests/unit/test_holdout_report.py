@@ -51,3 +51,20 @@ def test_an_ensemble_averages_each_clips_log_odds_and_refuses_members_of_another
     assert holdout_report.ensemble_log_odds([a, b]).tolist() == [-1.0, -1.0, 0.5]
     with pytest.raises(ValueError, match="different clips"):
         holdout_report.ensemble_log_odds([a, ([3, 5, 10], np.zeros(3))])
+
+
+def test_a_manifest_tag_splits_the_clips_by_style_at_each_threshold():
+    assert holdout_report.tag_value("emotion=angry; intensity=strong; text=Kids are talking", "emotion") == "angry"
+    assert holdout_report.tag_value("emotion=angry; intensity=strong", "intensity") == "strong"
+    assert holdout_report.tag_value("7", "emotion") == "" and holdout_report.tag_value("", "emotion") == ""
+    # An angry man at -0.5 is male at 0 but female at -1.0; a calm man at -2 is male at both; a woman without a tag is left out.
+    z = np.array([-0.5, 0.7, -2.0, -0.6, 1.0])
+    is_female = np.array([False, False, False, True, True])
+    styles = ["angry", "angry", "calm", "angry", ""]
+    f = holdout_report.holdout_figures(z, is_female, ["c"] * 5, ["m", "m", "m", "w", "v"], also_at=(-1.0,), styles=styles)
+    assert f["accuracy_by_style"] == {
+        "angry/female": {"0": 0.0, "-1": 1.0},
+        "angry/male": {"0": 0.5, "-1": 0.0},
+        "calm/male": {"0": 1.0, "-1": 1.0},
+    }
+    assert holdout_report.holdout_figures(z, is_female, ["c"] * 5, ["m"] * 5)["accuracy_by_style"] == {}
