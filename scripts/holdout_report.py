@@ -133,6 +133,8 @@ def main() -> None:
         for run, (_, member_z) in zip([args.run_dir, *args.others], members):
             print(f"member {run.name}: AUC {weighted_auc(member_z, is_female, np.ones(len(member_z))):.3f}")
     styles = [tag_value(clips[i].text, args.by_tag) for i in kept] if args.by_tag else None
+    if styles is not None and not any(styles):
+        print(f"note: no held-out clip's text has a '{args.by_tag}=' tag: no breakdown by it", file=sys.stderr)
     figures = holdout_figures(z, is_female, [clips[i].corpus for i in kept], [clips[i].speaker for i in kept], tuple(args.also_at), styles)
     name = "+".join(r.name for r in [args.run_dir, *args.others])
     print(

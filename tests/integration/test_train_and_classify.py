@@ -141,6 +141,13 @@ def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_ru
     )
     assert proc.returncode == 0 and proc.stdout.count("member ") == 2, proc.stderr[-3000:]
     assert json.loads((tmp_path / "self.json").read_text()) == held
+    # AudioMNIST's text is the digit, with no emotion= tag: the breakdown is empty and says why.
+    proc = subprocess.run(
+        [sys.executable, "scripts/holdout_report.py", str(trained_run), str(synthetic_audiomnist), "--by-tag", "emotion", "--json", str(tmp_path / "tag.json")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    assert proc.returncode == 0 and "no held-out clip's text has a 'emotion=' tag" in proc.stderr, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "tag.json").read_text())["accuracy_by_style"] == {}
     coded = json.loads((tmp_path / "codec_robustness.py.json").read_text())
     assert list(coded) == ["as recorded", "gsm", "opus"] and {r["clips"] for r in coded.values()} == {n_val}
     # The codec reached the model: its log-odds move (a tiny model on synthetic voices may stay right on every clip).
