@@ -72,9 +72,8 @@ def holdout_figures(
     ``styles``: a label per clip (an emotion, say; "" for none): accuracy per label and gender at 0 and at each ``also_at``.
     """
     right = (z >= 0) == is_female
-    groups, speakers = defaultdict(list), defaultdict(list)
-    for c, s, f, ok in zip(corpus, speaker, is_female, right):
-        groups[f"{c}/{'female' if f else 'male'}"].append(ok)
+    speakers = defaultdict(list)
+    for s, ok in zip(speaker, right):
         speakers[s].append(ok)
     threshold, best = best_threshold(z, is_female)
     votes = defaultdict(list)
@@ -87,21 +86,22 @@ def holdout_figures(
         "balanced_accuracy_at_0": balanced_accuracy_at(z, is_female, 0.0),
         "best_threshold": threshold,
         "balanced_accuracy_at_best": best,
-        "accuracy_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(groups.items())},
+        "accuracy_at_0": {g: right_at["0"] for g, right_at in _accuracy_per_group(z, is_female, corpus, (0.0,)).items()},
         "speaker_votes_right_at_0": {
             g: f"{sum(ok for (_, f), ok in verdict_right.items() if f == (g == 'female'))} of {sum(f == (g == 'female') for _, f in verdict_right)}" for g in ("female", "male")
         },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
         "balanced_accuracy_at": {f"{t:g}": balanced_accuracy_at(z, is_female, t) for t in also_at},
-        "accuracy_by_style": _accuracy_by_style(z, is_female, styles, (0.0, *also_at)) if styles is not None else {},
+        "accuracy_by_style": _accuracy_per_group(z, is_female, styles, (0.0, *also_at)) if styles is not None else {},
     }
 
 
-def _accuracy_by_style(z: np.ndarray, is_female: np.ndarray, styles: list[str], thresholds: tuple[float, ...]) -> dict:
+def _accuracy_per_group(z: np.ndarray, is_female: np.ndarray, labels: list[str], thresholds: tuple[float, ...]) -> dict:
+    """Accuracy per ``label/gender`` (a corpus, an emotion; clips labelled "" left out) at each threshold."""
     groups = defaultdict(list)
-    for k, (style, f) in enumerate(zip(styles, is_female)):
-        if style:
-            groups[f"{style}/{'female' if f else 'male'}"].append(k)
+    for k, (label, f) in enumerate(zip(labels, is_female)):
+        if label:
+            groups[f"{label}/{'female' if f else 'male'}"].append(k)
     return {
         g: {f"{t:g}": round(float(np.mean((z[idx] >= t) == is_female[idx])), 3) for t in dict.fromkeys(thresholds)}
         for g, idx in sorted(groups.items())
