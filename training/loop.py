@@ -24,7 +24,7 @@ from training.codecs import available_codecs
 from training.data import BalancedCropSampler, augment_channel, load_waveforms
 from training.masking import mask_features
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
-from training.pitch import pitch_ratios, shift_pitch
+from training.pitch import pitch_ratios, shift_pitch, speed_ratios
 from training.resume import Progress, StateMismatch, restore_state, run_identity, save_state
 from training.sources import LabelledClip
 from training.splits import Split
@@ -46,6 +46,8 @@ class TrainConfig:
     pitch_male_up: float = 1.8  # most a male F0 is raised (120 Hz -> 216 Hz: a shouting man)
     pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
     pitch_both_ways: bool = False  # shift either gender anywhere in [female_down, male_up], so the shift's trace carries no label
+    speed_perturb_prob: float = 0.0  # share of crops played 1/speed_max..speed_max times faster, F0 and formants together (training/pitch.py)
+    speed_max: float = 1.1
     spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
     band_mix_prob: float = 0.0  # share of crops given another crop's per-band level and spread, mixed (training/bandmix.py)
     low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
@@ -102,20 +104,28 @@ def train_one_step(model, opt, crops: torch.Tensor, labels: torch.Tensor, cfg: T
 
 
 def draw_batch(sampler: BalancedCropSampler, cfg: TrainConfig, features: FeatureConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch of window-length crops, pitch-shifted where the config asks for it.
+    """One training batch of window-length crops, pitch-shifted and sped up or down where the config asks for it.
 
     Under ``short_fill="trim"`` some batches are narrower (``batch_width``), so
     a short clip scored at its own length looks like what training saw, from
     every corpus.
     """
     n = batch_width(cfg, features, gen)
-    if not (cfg.augment and cfg.pitch_shift_prob > 0):
+    pitch = cfg.augment and cfg.pitch_shift_prob > 0
+    speed = cfg.augment and cfg.speed_perturb_prob > 0
+    if not (pitch or speed):
         crops, labels = sampler.draw(cfg.batch_size, length=n)  # no extra draws: a seed's crops stay what they were
         return torch.from_numpy(crops), torch.from_numpy(labels)
-    crops, labels = sampler.draw(cfg.batch_size, length=math.ceil(n * cfg.pitch_male_up))
+    longest = (cfg.pitch_male_up if pitch else 1.0) * (cfg.speed_max if speed else 1.0)
+    crops, labels = sampler.draw(cfg.batch_size, length=math.ceil(n * longest))
     labels = torch.from_numpy(labels)
-    ratios = pitch_ratios(labels, prob=cfg.pitch_shift_prob, male_up=cfg.pitch_male_up, female_down=cfg.pitch_female_down, both_ways=cfg.pitch_both_ways, generator=gen)
-    return shift_pitch(list(crops), ratios, n=n, sr=features.sample_rate), labels
+    if pitch:
+        ratios = pitch_ratios(labels, prob=cfg.pitch_shift_prob, male_up=cfg.pitch_male_up, female_down=cfg.pitch_female_down, both_ways=cfg.pitch_both_ways, generator=gen)
+    else:
+        ratios = torch.ones(cfg.batch_size)
+    # Drawn after the pitch ratios, and only when on: a pitch-shift run's batches stay what they were.
+    speeds = speed_ratios(cfg.batch_size, prob=cfg.speed_perturb_prob, max_ratio=cfg.speed_max, generator=gen) if speed else None
+    return shift_pitch(list(crops), ratios, n=n, sr=features.sample_rate, speeds=speeds), labels
 
 
 def batch_width(cfg: TrainConfig, features: FeatureConfig, gen: torch.Generator) -> int:
@@ -155,6 +165,10 @@ def train_split(
         raise ValueError(f"save_every must be at least 1 step, got {cfg.save_every}")
     if cfg.average_from is not None and not 0 <= cfg.average_from < 1:
         raise ValueError(f"average_from must be in [0, 1) (a fraction of the steps), got {cfg.average_from}")
+    if not 0 <= cfg.speed_perturb_prob <= 1:
+        raise ValueError(f"speed_perturb_prob must be in [0, 1], got {cfg.speed_perturb_prob}")
+    if cfg.speed_max < 1:
+        raise ValueError(f"speed_max must be at least 1, got {cfg.speed_max}")
     if not 0 <= cfg.band_mix_prob <= 1:
         raise ValueError(f"band_mix_prob must be in [0, 1], got {cfg.band_mix_prob}")
     if not 0 <= cfg.codec_prob <= 1:

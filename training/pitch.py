@@ -49,6 +49,25 @@ def pitch_ratios(
     return torch.where(u < prob, torch.exp(log_r), torch.ones(b))
 
 
+def speed_ratios(b: int, *, prob: float, max_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """Per-crop speed factor: 1 (as recorded) or log-uniform in [1 / max_ratio, max_ratio].
+
+    A factor ``a`` plays the crop ``a`` times faster: F0 and every formant
+    move by ``a`` together, as between a shorter and a longer vocal tract
+    (speed perturbation, Ko et al. 2015; VTLP's warp on the waveform). The
+    draw ignores the label: a shouting man's raised F1 and F0 should not
+    read female, and a range of +-10 % stays inside either gender's spread.
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"speed perturbation prob must be in [0, 1], got {prob}")
+    if max_ratio < 1.0:
+        raise ValueError(f"speed perturbation max_ratio must be at least 1, got {max_ratio}")
+    u = torch.rand(b, generator=generator)
+    v = torch.rand(b, generator=generator)
+    log_a = (2 * v - 1) * math.log(max_ratio)
+    return torch.where(u < prob, torch.exp(log_a), torch.ones(b))
+
+
 def loudest_segment(y: np.ndarray, m: int) -> np.ndarray:
     """The ``m`` consecutive samples of ``y`` with the most energy (zero-padded if ``y`` is shorter)."""
     if len(y) <= m:
@@ -99,14 +118,17 @@ def _resampled_segment(source: np.ndarray, ratio: float, n: int) -> torch.Tensor
     return seg if seg.shape[-1] == n else _fft_resample(seg, n)  # an unshifted crop needs no resampling
 
 
-def shift_pitch(sources: list[np.ndarray], ratios: torch.Tensor, *, n: int, sr: int) -> torch.Tensor:
+def shift_pitch(sources: list[np.ndarray], ratios: torch.Tensor, *, n: int, sr: int, speeds: torch.Tensor | None = None) -> torch.Tensor:
     """Crops (B, n) with F0 times ``ratios`` and the envelope kept.
 
-    ``sources`` are crops at least ``n * max(ratios)`` long; each contributes
-    its loudest ``round(n * r)`` samples (a short clip padded in silence keeps
-    its speech).
+    ``speeds`` (B,), optional: each crop also plays that many times faster,
+    F0 and envelope alike (``speed_ratios``), so F0 moves by ``r * a`` and
+    the formants by ``a``. ``sources`` are crops at least ``n * max(r * a)``
+    long; each contributes its loudest ``round(n * r * a)`` samples (a short
+    clip padded in silence keeps its speech).
     """
-    out = torch.stack([_resampled_segment(s, float(r), n) for s, r in zip(sources, ratios)])
+    total = ratios if speeds is None else ratios * speeds
+    out = torch.stack([_resampled_segment(s, float(r), n) for s, r in zip(sources, total)])
     shifted = ratios != 1
     if not shifted.any():
         return out
@@ -114,7 +136,8 @@ def shift_pitch(sources: list[np.ndarray], ratios: torch.Tensor, *, n: int, sr: 
     window = torch.hann_window(N_FFT, dtype=y.dtype)
     spec = torch.stft(y, n_fft=N_FFT, hop_length=HOP, window=window, return_complex=True)  # (b, bins, T)
     env = cepstral_envelope(torch.log(spec.abs().transpose(1, 2) + 1e-7), sr=sr).transpose(1, 2)
-    # After resampling the envelope is E(f / r); reading it at f * r gives back E(f).
+    # After resampling the envelope is E(f / (r a)); reading it at f * r gives E(f / a):
+    # the envelope as recorded (a = 1) or played faster with the rest.
     limit = GAIN_LIMIT_DB / 20 * math.log(10)
     gain_log = (_warp_bins(env, ratios[shifted].to(y.dtype)) - env).clamp(-limit, limit)
     y = torch.istft(spec * torch.exp(gain_log), n_fft=N_FFT, hop_length=HOP, window=window, length=n)

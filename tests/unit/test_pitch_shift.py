@@ -11,7 +11,7 @@ from classifier.synthetic import synthesize_utterance
 from training.data import BalancedCropSampler
 from training.loop import TrainConfig, draw_batch
 from classifier.features import logmel_config
-from training.pitch import cepstral_envelope, loudest_segment, pitch_ratios, shift_pitch
+from training.pitch import cepstral_envelope, loudest_segment, pitch_ratios, shift_pitch, speed_ratios
 from training.sources import LabelledClip
 
 SR = 8000
@@ -44,6 +44,31 @@ def test_f0_moves_by_the_ratio_and_formants_stay(ratio):
     for formant in FORMANTS[:2]:
         assert np.min(np.abs(peaks - formant)) < 60, (formant, peaks)
         assert np.min(np.abs(peaks - formant * ratio)) > 60 or abs(ratio - 1) < 0.1
+
+
+@pytest.mark.parametrize("ratio,speed", [(1.0, 1.1), (1.0, 0.9), (1.5, 1.1)])
+def test_speed_moves_f0_and_formants_together(ratio, speed):
+    y = _voice()
+    out = shift_pitch([y], torch.tensor([ratio]), n=SR, sr=SR, speeds=torch.tensor([speed]))[0].numpy()
+    assert out.shape == (SR,) and np.isfinite(out).all()
+    assert _f0(out) == pytest.approx(ratio * speed * _f0(y[:SR]), rel=0.03)
+    # F1 and F2 move by the speed alone: 600 Hz -> 660 / 540 Hz, more than a bin's error away from 600.
+    peaks = _envelope_peaks(out)
+    for formant in FORMANTS[:2]:
+        assert np.min(np.abs(peaks - formant * speed)) < 35, (formant, speed, peaks)
+        assert np.min(np.abs(peaks - formant)) > 35, (formant, speed, peaks)
+
+
+def test_speed_ratios_are_symmetric_and_off_means_one():
+    gen = torch.Generator().manual_seed(0)
+    a = speed_ratios(4000, prob=0.5, max_ratio=1.1, generator=gen)
+    assert ((a >= 1 / 1.1 - 1e-6) & (a <= 1.1 + 1e-6)).all()
+    moved = a[a != 1]
+    assert 0.45 < moved.numel() / a.numel() < 0.55
+    assert abs((moved > 1).float().mean().item() - 0.5) < 0.05
+    assert (speed_ratios(100, prob=0.0, max_ratio=1.1, generator=gen) == 1).all()
+    with pytest.raises(ValueError, match="max_ratio"):
+        speed_ratios(4, prob=0.5, max_ratio=0.9, generator=gen)
 
 
 def test_ratio_one_is_the_loudest_window_unchanged():
@@ -88,9 +113,9 @@ def test_training_batches_with_and_without_pitch_shift():
     features = logmel_config(sample_rate=SR, n_mels=48)
     n = features.window_samples
 
-    def batch(prob):
+    def batch(prob, speed=0.0):
         sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=n, seed=0)
-        return draw_batch(sampler, TrainConfig(batch_size=8, pitch_shift_prob=prob), features, torch.Generator().manual_seed(0))
+        return draw_batch(sampler, TrainConfig(batch_size=8, pitch_shift_prob=prob, speed_perturb_prob=speed), features, torch.Generator().manual_seed(0))
 
     plain, labels = batch(0.0)
     again, _ = batch(0.0)
@@ -99,3 +124,21 @@ def test_training_batches_with_and_without_pitch_shift():
     assert torch.equal(plain, again)  # off: the seed's crops exactly as before the option existed
     assert torch.isfinite(shifted).all() and not torch.allclose(plain, shifted)
     assert labels_shifted.dtype == torch.int64 and set(labels_shifted.tolist()) <= {0, 1}
+
+
+def test_training_batches_with_speed_perturbation():
+    clips = [LabelledClip(path=f"/x/{g}{s}.wav", speaker=f"{g}{s}", gender=g, corpus="c") for g in ("female", "male") for s in range(3)]
+    waves = [_voice(f0=210.0 if c.gender == "female" else 110.0, seconds=2.5) for c in clips]
+    features = logmel_config(sample_rate=SR, n_mels=48)
+    n = features.window_samples
+
+    def batch(pitch, speed):
+        sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=n, seed=0)
+        return draw_batch(sampler, TrainConfig(batch_size=8, pitch_shift_prob=pitch, speed_perturb_prob=speed), features, torch.Generator().manual_seed(0))
+
+    sped, labels = batch(0.0, 1.0)
+    plain, plain_labels = batch(0.0, 0.0)
+    assert sped.shape == (8, n) and torch.isfinite(sped).all()
+    assert torch.equal(labels, plain_labels) and not torch.allclose(sped, plain)
+    both, _ = batch(0.4, 0.5)
+    assert both.shape == (8, n) and torch.isfinite(both).all()
