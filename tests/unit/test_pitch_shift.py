@@ -107,16 +107,21 @@ def test_both_ways_ratios_do_not_depend_on_the_label():
         assert (shifted < 1).any() and (shifted > 1.5).any()
 
 
-def test_training_batches_with_and_without_pitch_shift():
+def _batch_drawer(seconds):
+    """draw_batch(pitch, speed) on six synthetic speakers, from the same sampler and generator seeds each call."""
     clips = [LabelledClip(path=f"/x/{g}{s}.wav", speaker=f"{g}{s}", gender=g, corpus="c") for g in ("female", "male") for s in range(3)]
-    waves = [_voice(f0=210.0 if c.gender == "female" else 110.0, seconds=1.5) for c in clips]
+    waves = [_voice(f0=210.0 if c.gender == "female" else 110.0, seconds=seconds) for c in clips]
     features = logmel_config(sample_rate=SR, n_mels=48)
-    n = features.window_samples
 
-    def batch(prob, speed=0.0):
-        sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=n, seed=0)
-        return draw_batch(sampler, TrainConfig(batch_size=8, pitch_shift_prob=prob, speed_perturb_prob=speed), features, torch.Generator().manual_seed(0))
+    def batch(pitch, speed=0.0):
+        sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=features.window_samples, seed=0)
+        return draw_batch(sampler, TrainConfig(batch_size=8, pitch_shift_prob=pitch, speed_perturb_prob=speed), features, torch.Generator().manual_seed(0))
 
+    return batch, features.window_samples
+
+
+def test_training_batches_with_and_without_pitch_shift():
+    batch, n = _batch_drawer(seconds=1.5)
     plain, labels = batch(0.0)
     again, _ = batch(0.0)
     shifted, labels_shifted = batch(1.0)
@@ -127,15 +132,7 @@ def test_training_batches_with_and_without_pitch_shift():
 
 
 def test_training_batches_with_speed_perturbation():
-    clips = [LabelledClip(path=f"/x/{g}{s}.wav", speaker=f"{g}{s}", gender=g, corpus="c") for g in ("female", "male") for s in range(3)]
-    waves = [_voice(f0=210.0 if c.gender == "female" else 110.0, seconds=2.5) for c in clips]
-    features = logmel_config(sample_rate=SR, n_mels=48)
-    n = features.window_samples
-
-    def batch(pitch, speed):
-        sampler = BalancedCropSampler(clips, waves, list(range(len(clips))), window=n, seed=0)
-        return draw_batch(sampler, TrainConfig(batch_size=8, pitch_shift_prob=pitch, speed_perturb_prob=speed), features, torch.Generator().manual_seed(0))
-
+    batch, n = _batch_drawer(seconds=2.5)
     sped, labels = batch(0.0, 1.0)
     plain, plain_labels = batch(0.0, 0.0)
     assert sped.shape == (8, n) and torch.isfinite(sped).all()
