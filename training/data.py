@@ -9,6 +9,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from classifier.audio import check_short_fill, load_audio, loop_to_length
@@ -78,6 +79,13 @@ class BalancedCropSampler:
     a random point (``"loop"``), as ``split_windows`` will fill it at inference.
     Under ``"trim"`` it is set in silence too, but only up to the batch's
     width (``training.loop.batch_width``), which is often narrower.
+
+    With ``wideband_short_prob``, that share of the crops drawn from a
+    wideband clip (``wideband[i]``: its file carried sound above the model's
+    band, see :func:`wideband_clips`) is a short excerpt looped to fill the
+    window, as inference fills a short studio clip
+    (``FeatureConfig.wideband_short_fill``); telephone clips never are, as
+    inference keeps their silence.
     """
 
     def __init__(
@@ -91,9 +99,17 @@ class BalancedCropSampler:
         short_prob: float = 0.0,
         short_fraction: tuple[float, float] = (0.25, 0.8),
         fill: str = "zeros",
+        wideband: list[bool] | None = None,
+        wideband_short_prob: float = 0.0,
     ):
         if not 0.0 <= short_prob <= 1.0:
             raise ValueError(f"short_prob must be in [0, 1], got {short_prob}")
+        if not 0.0 <= wideband_short_prob <= 1.0:
+            raise ValueError(f"wideband_short_prob must be in [0, 1], got {wideband_short_prob}")
+        if wideband_short_prob > 0 and (wideband is None or len(wideband) != len(waves)):
+            raise ValueError("wideband_short_prob needs one wideband flag per clip")
+        self.wideband = wideband
+        self.wideband_short_prob = wideband_short_prob
         check_short_fill(fill)
         self.fill = fill
         self.waves = waves
@@ -132,10 +148,15 @@ class BalancedCropSampler:
             corpus = corpora[self.rng.choice(len(corpora), p=self.corpus_weights[gender])]
             speakers = sorted(self.tree[gender][corpus])
             clip_ids = self.tree[gender][corpus][speakers[self.rng.integers(len(speakers))]]
-            y = self.waves[clip_ids[self.rng.integers(len(clip_ids))]]
+            i = clip_ids[self.rng.integers(len(clip_ids))]
+            y = self.waves[i]
             # No draw at all when off: the crop sequence of a seed stays what it was before short crops existed.
             short = self.short_prob > 0 and self.rng.random() < self.short_prob
-            crops[k] = self._short_crop(y, length) if short else self._crop(y, length)
+            looped = not short and self.wideband_short_prob > 0 and self.wideband[i] and self.rng.random() < self.wideband_short_prob
+            if looped:
+                crops[k] = self._short_crop(y, length, fill="loop")
+            else:
+                crops[k] = self._short_crop(y, length) if short else self._crop(y, length)
             labels[k] = 0 if gender == "female" else 1
         return crops, labels
 
@@ -152,8 +173,8 @@ class BalancedCropSampler:
                 best, best_rms = crop, rms
         return best.astype(np.float32)
 
-    def _short_crop(self, y: np.ndarray, length: int) -> np.ndarray:
-        """The loudest of a few short excerpts, faded in and out, at a random place in silence."""
+    def _short_crop(self, y: np.ndarray, length: int, fill: str | None = None) -> np.ndarray:
+        """The loudest of a few short excerpts, faded in and out, at a random place in silence (or filled by ``fill``)."""
         lo, hi = self.short_fraction
         n = max(16, int(self.window * self.rng.uniform(lo, hi)))
         if len(y) > n:
@@ -166,16 +187,34 @@ class BalancedCropSampler:
             ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
             piece[:fade] *= ramp
             piece[-fade:] *= ramp[::-1]
-        return self._fill(piece, length)
+        return self._fill(piece, length, fill)
 
-    def _fill(self, y: np.ndarray, length: int) -> np.ndarray:
+    def _fill(self, y: np.ndarray, length: int, fill: str | None = None) -> np.ndarray:
         """A clip no longer than ``length`` at a random place in silence, or looped from a random point."""
-        if self.fill == "loop":
+        if (fill or self.fill) == "loop":
             return loop_to_length(y, length, start=int(self.rng.integers(len(y))))
         out = np.zeros(length, dtype=np.float32)
         start = self.rng.integers(length - len(y) + 1)
         out[start : start + len(y)] = y
         return out
+
+
+def wideband_clips(clips: list[LabelledClip], *, sr: int) -> list[bool]:
+    """Per clip: was its file stored at a rate above ``sr``, so it can carry sound above the model's band?
+
+    Read from the file header only (the decoded training cache holds ``sr``
+    audio, which has lost that band). Inference measures the band's energy
+    instead (``classifier.audio.Recording.wideband``); in the training
+    corpora the two agree by corpus: 8 kHz telephone and digit corpora, 16-48 kHz
+    studio ones. An unreadable file counts as narrow band.
+    """
+    flags = []
+    for c in clips:
+        try:
+            flags.append(sf.info(str(c.path)).samplerate > sr)
+        except (RuntimeError, OSError):  # soundfile raises these for unreadable files; load_waveforms reports them
+            flags.append(False)
+    return flags
 
 
 def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low_shelf_prob: float = 0.0, codec_prob: float = 0.0) -> torch.Tensor:

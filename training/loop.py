@@ -21,7 +21,7 @@ from classifier.pipeline import Classifier, prepare_waveform
 from training.averaging import TailAverage
 from training.bandmix import mix_band_statistics
 from training.codecs import available_codecs
-from training.data import BalancedCropSampler, augment_channel, load_waveforms
+from training.data import BalancedCropSampler, augment_channel, load_waveforms, wideband_clips
 from training.masking import mask_features
 from training.metrics import classification_metrics, expected_calibration_error, per_group_accuracy, speaker_balanced_weights
 from training.pitch import pitch_ratios, shift_pitch, speed_ratios
@@ -42,6 +42,9 @@ class TrainConfig:
     label_smoothing: float = 0.05
     augment: bool = True
     short_crop_prob: float = 0.0  # share of crops that are short excerpts set in silence (see BalancedCropSampler; MODEL_CARD.md: 0.25 did not help)
+    # share of crops from wideband (studio) clips that are short excerpts looped to fill the window,
+    # as inference fills a short studio clip (BalancedCropSampler; telephone clips keep their silence)
+    wideband_short_crop_prob: float = 0.0
     pitch_shift_prob: float = 0.0  # share of crops whose F0 moves towards the other gender's range, formants kept (training/pitch.py)
     pitch_male_up: float = 1.8  # most a male F0 is raised (120 Hz -> 216 Hz: a shouting man)
     pitch_female_down: float = 0.75  # most a female F0 is lowered (210 Hz -> 158 Hz)
@@ -177,7 +180,11 @@ def train_split(
         raise ValueError("codec_prob needs a libsndfile that writes GSM, ADPCM, Opus or MP3; this one writes none (soundfile's own wheels do)")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = BalancedCropSampler(clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill)
+    wide_short = cfg.wideband_short_crop_prob if cfg.augment else 0.0
+    sampler = BalancedCropSampler(
+        clips, waves, split.train, window=features.window_samples, seed=cfg.seed, short_prob=cfg.short_crop_prob if cfg.augment else 0.0, fill=features.short_fill,
+        wideband=wideband_clips(clips, sr=features.sample_rate) if wide_short > 0 else None, wideband_short_prob=wide_short,
+    )
     if init is None:
         model = build_model(features.n_bins)
         model.set_standardization(*measure_standardization(sampler, features))

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from classifier.errors import InvalidDataset
-from training.data import BalancedCropSampler, augment_channel
+from training.data import BalancedCropSampler, augment_channel, wideband_clips
 from training.loop import fit_platt, lr_at, TrainConfig
 from training.metrics import balanced_accuracy_at, classification_metrics, expected_calibration_error, per_group_accuracy
 from training.sources import LabelledClip, read_source
@@ -185,6 +185,39 @@ def test_loop_fill_repeats_short_clips_and_excerpts_from_random_points():
     assert np.all(short.max(axis=1) == 0.5) and (short == 0).mean() < 0.01  # looped excerpts: only their faded ends touch 0
     with pytest.raises(ValueError, match="fill must be one of zeros, loop, trim"):
         BalancedCropSampler(clips, waves, [0], window=8000, seed=0, fill="edge")
+
+
+def test_wideband_short_crops_loop_studio_excerpts_and_leave_telephone_clips_alone():
+    """Only clips flagged wideband become short looped excerpts; 8 kHz clips keep full crops, and off draws nothing."""
+    clips = _clips(2, per_speaker=2)
+    wide = [k % 2 == 0 for k in range(len(clips))]  # each speaker: one studio clip, one telephone clip
+    waves = [np.full(24000, 0.25 if w else 0.5, np.float32) for w in wide]  # 3 s each; the level tells the source
+    idx = list(range(len(clips)))
+    sampler = BalancedCropSampler(clips, waves, idx, window=8000, seed=0, wideband=wide, wideband_short_prob=1.0)
+    crops, _ = sampler.draw(400)
+    studio = crops.max(axis=1) == 0.25
+    assert 0.35 < studio.mean() < 0.65  # speaker, then clip, uniformly: about half
+    assert np.all(crops[~studio] == 0.5)  # telephone clips: plain full crops
+    for c in crops[studio]:
+        assert (c == 0).mean() < 0.01  # looped, not set in silence: only the fades' first samples touch 0
+        dips = np.flatnonzero(np.diff((c < 0.125).astype(int)) == 1)
+        assert len(dips) >= 1  # a 0.25-0.8 s excerpt repeats inside the 1 s window: a faded seam
+    assert all(np.all(w == (0.25 if f else 0.5)) for w, f in zip(waves, wide))  # the cached waveforms are untouched
+    plain = BalancedCropSampler(clips, waves, idx, window=8000, seed=0).draw(100)[0]
+    off = BalancedCropSampler(clips, waves, idx, window=8000, seed=0, wideband=wide, wideband_short_prob=0.0).draw(100)[0]
+    np.testing.assert_array_equal(plain, off)  # off: a seed's crops are what they were
+    with pytest.raises(ValueError, match="one wideband flag per clip"):
+        BalancedCropSampler(clips, waves, idx, window=8000, seed=0, wideband_short_prob=0.5)
+    with pytest.raises(ValueError, match="wideband_short_prob"):
+        BalancedCropSampler(clips, waves, idx, window=8000, seed=0, wideband=wide, wideband_short_prob=2.0)
+
+
+def test_wideband_clips_reads_the_stored_rate(tmp_path):
+    _wav(tmp_path / "tel.wav", sr=8000)
+    _wav(tmp_path / "studio.flac", sr=16000)
+    (tmp_path / "broken.wav").write_bytes(b"not audio")
+    clips = [LabelledClip(tmp_path / n, "s", "female", "c") for n in ("tel.wav", "studio.flac", "broken.wav")]
+    assert wideband_clips(clips, sr=8000) == [False, True, False]
 
 
 def test_augmentation_keeps_shape_and_is_seeded():
