@@ -8,12 +8,13 @@ clips, at the model's calibrated threshold and by ROC AUC, per corpus and
 gender. ``--fill`` scores the excerpts with a short-clip fill other than the
 checkpoint's (``zeros``, ``loop``, ``trim`` or ``trim+loop``; an inference-only what-if),
 ``--against FILL`` also scores them with another and bounds the difference
-by resampling speakers.
+by resampling speakers; ``--against-model M2`` does the same for a second
+model (each at its own calibrated threshold, with the same ``--fill``).
 These figures come from the 8 kHz training cache, so a checkpoint's
 ``wideband_short_fill`` is not applied; ``--write DIR`` also writes the
 excerpts cut from the files as recorded, for ``voicegender classify DIR``. Usage:
 
-    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--against trim] [--write DIR] [--cache-dir DIR]
+    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--against trim | --against-model M2] [--write DIR] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -84,13 +85,19 @@ def report(name: str, z: np.ndarray, is_female: np.ndarray, groups: list[tuple[s
     return row
 
 
-def paired_bootstrap(z: np.ndarray, z_other: np.ndarray, is_female: np.ndarray, speakers: list, threshold: float, *, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    z: np.ndarray, z_other: np.ndarray, is_female: np.ndarray, speakers: list, threshold: float, *, threshold_other: float | None = None, draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Balanced accuracy of ``z`` minus that of ``z_other`` (the same excerpts), with a 95 % interval.
+
+    ``threshold_other``: where ``z_other`` is cut, when it is another model's
+    log-odds with a calibration of its own (default ``threshold``).
 
     Each draw resamples speakers with replacement, within each gender so every
     draw has both, and scores both sets of log-odds on the same excerpts: the
     interval is of the difference, which excerpts shared between the two make narrow.
     """
+    t_other = threshold if threshold_other is None else threshold_other
     rng = np.random.default_rng(seed)
     by_speaker = defaultdict(list)
     for k, s in enumerate(speakers):
@@ -99,8 +106,8 @@ def paired_bootstrap(z: np.ndarray, z_other: np.ndarray, is_female: np.ndarray, 
     diffs = []
     for _ in range(draws):
         pick = np.concatenate([g[j] for g in groups for j in rng.integers(len(g), size=len(g))])
-        diffs.append(balanced_accuracy_at(z[pick], is_female[pick], threshold) - balanced_accuracy_at(z_other[pick], is_female[pick], threshold))
-    delta = balanced_accuracy_at(z, is_female, threshold) - balanced_accuracy_at(z_other, is_female, threshold)
+        diffs.append(balanced_accuracy_at(z[pick], is_female[pick], threshold) - balanced_accuracy_at(z_other[pick], is_female[pick], t_other))
+    delta = balanced_accuracy_at(z, is_female, threshold) - balanced_accuracy_at(z_other, is_female, t_other)
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return float(delta), float(lo), float(hi)
 
@@ -120,12 +127,15 @@ def main() -> None:
     ap.add_argument("--per-clip", type=int, default=3, help="excerpts per clip (default 3)")
     ap.add_argument("--fill", choices=INFERENCE_FILLS, help="score with this short-clip fill instead of the checkpoint's")
     ap.add_argument("--against", choices=INFERENCE_FILLS, help="also score the excerpts with this fill and print the difference, with a 95 %% interval over speakers")
+    ap.add_argument("--against-model", type=Path, metavar="M2", help="also score the excerpts with this model (at its own calibrated threshold) and print the difference, with a 95 %% interval over speakers")
     ap.add_argument("--threshold", type=float, help="raw log-odds threshold (default: the model's calibrated p = 0.5)")
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     ap.add_argument("--write", type=Path, metavar="DIR", help="also write the excerpts, cut from the files at their own rate, to DIR (names end in _female/_male)")
     args = ap.parse_args()
+    if args.against and args.against_model:
+        ap.error("--against and --against-model compare with one thing at a time")
 
     bundle = load_checkpoint(args.model)
     if args.fill:
@@ -163,6 +173,17 @@ def main() -> None:
         delta, lo, hi = paired_bootstrap(z, z_other, fem, [(c.corpus, c.speaker) for c in ex_clips], threshold)
         print(f"{'':>18}  against {args.against}: balanced accuracy {delta:+.4f} (95 % over speakers {lo:+.4f} to {hi:+.4f})")
         rows[name]["against"] = {"fill": args.against, "delta": delta, "ci95": [lo, hi]}
+    if args.against_model:
+        other = load_checkpoint(args.against_model)
+        other = with_fill(other, args.fill) if args.fill else other
+        if other.features.sample_rate != sr:
+            sys.exit(f"{args.against_model} reads {other.features.sample_rate} Hz audio, {args.model} {sr} Hz: the excerpts would differ")
+        t_other = -other.calibration.bias / other.calibration.scale
+        z_other, _ = file_log_odds(other, ex_clips, ex_waves, list(range(len(ex_clips))))
+        report(f"{other.version}", z_other, fem, [(c.corpus, c.gender) for c in ex_clips], t_other)
+        delta, lo, hi = paired_bootstrap(z, z_other, fem, [(c.corpus, c.speaker) for c in ex_clips], threshold, threshold_other=t_other)
+        print(f"{'':>18}  against {other.version} (threshold {t_other:+.2f}): balanced accuracy {delta:+.4f} (95 % over speakers {lo:+.4f} to {hi:+.4f})")
+        rows[name]["against_model"] = {"model": str(args.against_model), "version": other.version, "threshold": t_other, "delta": delta, "ci95": [lo, hi]}
     if args.out:
         args.out.write_text(json.dumps({"model": bundle.version, "short_fill": bundle.features.short_fill, "threshold": threshold, **rows}, indent=2))
 

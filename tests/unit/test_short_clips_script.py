@@ -34,3 +34,14 @@ def test_the_same_scores_differ_by_nothing_and_a_draw_keeps_both_genders():
     z = np.where(is_female, 0.5, -0.5)
     z[0] = -0.5
     assert short_clips.paired_bootstrap(z, z, is_female, speakers, 0.0, draws=200) == (0.0, 0.0, 0.0)
+
+
+def test_a_second_model_is_cut_at_its_own_threshold():
+    """Another model's log-odds, shifted by its calibration, score the same once each is cut at its own threshold."""
+    speakers, is_female = _excerpts()
+    z = np.where(is_female, 0.5, -0.5)
+    z[:3] = -0.5  # one woman wrong on all three excerpts
+    other = z - 2.0  # the same ranking, calibrated 2 log-odds lower
+    assert short_clips.paired_bootstrap(z, other, is_female, speakers, 0.0, threshold_other=-2.0, draws=200) == (0.0, 0.0, 0.0)
+    delta, _, _ = short_clips.paired_bootstrap(z, other, is_female, speakers, 0.0, draws=200)  # cut at 0, every excerpt of other reads male
+    assert delta == pytest.approx((27 / 30 + 1) / 2 - 0.5)
