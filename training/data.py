@@ -81,8 +81,8 @@ class BalancedCropSampler:
     width (``training.loop.batch_width``), which is often narrower.
 
     With ``wideband_short_prob``, that share of the crops drawn from a
-    wideband clip (``wideband[i]``: its file carried sound above the model's
-    band, see :func:`wideband_clips`) is a short excerpt looped to fill the
+    wideband clip (``wideband[i]``: its file was stored at a rate above the
+    model's, see :func:`wideband_clips`) is a short excerpt looped to fill the
     window, as inference fills a short studio clip
     (``FeatureConfig.wideband_short_fill``); telephone clips never are, as
     inference keeps their silence.
