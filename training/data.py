@@ -153,10 +153,7 @@ class BalancedCropSampler:
             # No draw at all when off: the crop sequence of a seed stays what it was before short crops existed.
             short = self.short_prob > 0 and self.rng.random() < self.short_prob
             looped = not short and self.wideband_short_prob > 0 and self.wideband[i] and self.rng.random() < self.wideband_short_prob
-            if looped:
-                crops[k] = self._short_crop(y, length, fill="loop")
-            else:
-                crops[k] = self._short_crop(y, length) if short else self._crop(y, length)
+            crops[k] = self._short_crop(y, length, fill="loop" if looped else None) if short or looped else self._crop(y, length)
             labels[k] = 0 if gender == "female" else 1
         return crops, labels
 
