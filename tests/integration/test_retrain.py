@@ -218,10 +218,15 @@ def test_beat_runs_the_schedule_built_from_the_setting(service_env, redis_url, t
             wait_until(lambda: "beat: Starting" in log_path.read_text() or proc.poll() is not None, timeout_s=90, what="celery beat to start")
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert expected in log_path.read_text()
+            # Beat logs "Starting" before it opens its schedule file, so wait for the file while it runs:
+            # a SIGTERM in between would stop it before it wrote one.
+            wait_until(
+                lambda: (tmp_path / "data" / "celerybeat-schedule").exists() or list((tmp_path / "data").glob("celerybeat-schedule*")),
+                timeout_s=60, what="beat's schedule file in the data folder",
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
-        assert (tmp_path / "data" / "celerybeat-schedule").exists() or list((tmp_path / "data").glob("celerybeat-schedule*"))
 
 
 def test_api_retrain_is_token_protected_and_refuses_a_second_one(tmp_path, tiny_model):
