@@ -198,7 +198,7 @@ def _open_file(path: Path) -> Iterator[BinaryIO]:
             raise UnreadableAudio("is a directory, not a file", path=str(path))
         if not stat.S_ISREG(mode):
             raise UnreadableAudio("is not a regular file", path=str(path))
-        f = open(path, "rb")  # noqa: SIM115 - closed below, after the decoder is done with it
+        f = open(path, "rb")  # closed below, after the decoder is done with it
     except FileNotFoundError:
         raise UnreadableAudio("file not found", path=str(path)) from None
     except OSError as exc:

@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.calibrate import fit_bias  # noqa: E402
-from training.loop import run_validation_log_odds  # noqa: E402
-from training.metrics import balanced_accuracy_at, speaker_balanced_weights  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from training.calibrate import fit_bias
+from training.loop import run_validation_log_odds
+from training.metrics import balanced_accuracy_at, speaker_balanced_weights
+from training.sources import read_source
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import load_checkpoint  # noqa: E402
-from training.data import load_waveforms  # noqa: E402
-from training.loop import file_log_odds  # noqa: E402
-from training.pitch import shift_pitch  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from classifier.model import load_checkpoint
+from training.data import load_waveforms
+from training.loop import file_log_odds
+from training.pitch import shift_pitch
+from training.sources import read_source
 
 
 def shelf(y: np.ndarray, sr: int, corner_hz: float, db: float, *, below: bool) -> np.ndarray:

@@ -20,13 +20,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import load_checkpoint  # noqa: E402
-from training.calibrate import weighted_auc  # noqa: E402
-from training.codecs import available_codecs, round_trip  # noqa: E402
-from training.data import load_waveforms  # noqa: E402
-from training.loop import file_log_odds  # noqa: E402
-from training.metrics import balanced_accuracy_at  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from classifier.model import load_checkpoint
+from training.calibrate import weighted_auc
+from training.codecs import available_codecs, round_trip
+from training.data import load_waveforms
+from training.loop import file_log_odds
+from training.metrics import balanced_accuracy_at
+from training.sources import read_source
 
 
 def main() -> None:

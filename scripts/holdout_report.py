@@ -32,10 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.calibrate import weighted_auc  # noqa: E402
-from training.loop import run_validation_log_odds  # noqa: E402
-from training.metrics import balanced_accuracy_at  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from training.calibrate import weighted_auc
+from training.loop import run_validation_log_odds
+from training.metrics import balanced_accuracy_at
+from training.sources import read_source
 
 
 def best_threshold(z: np.ndarray, is_female: np.ndarray) -> tuple[float, float]:

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data import load_waveforms  # noqa: E402
-from training.metrics import classification_metrics  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from training.data import load_waveforms
+from training.metrics import classification_metrics
+from training.sources import read_source
 
 SR = 8_000
 

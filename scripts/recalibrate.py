@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import save_checkpoint  # noqa: E402
-from training.loop import fit_calibration, metrics_from_log_odds, run_validation_log_odds  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from classifier.model import save_checkpoint
+from training.loop import fit_calibration, metrics_from_log_odds, run_validation_log_odds
+from training.sources import read_source
 
 
 def main() -> None:

@@ -30,13 +30,13 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.audio import INFERENCE_FILLS  # noqa: E402
-from classifier.model import load_checkpoint  # noqa: E402
-from training.calibrate import weighted_auc  # noqa: E402
-from training.data import load_waveforms  # noqa: E402
-from training.loop import file_log_odds  # noqa: E402
-from training.metrics import balanced_accuracy_at  # noqa: E402
-from training.sources import read_source  # noqa: E402
+from classifier.audio import INFERENCE_FILLS
+from classifier.model import load_checkpoint
+from training.calibrate import weighted_auc
+from training.data import load_waveforms
+from training.loop import file_log_odds
+from training.metrics import balanced_accuracy_at
+from training.sources import read_source
 
 
 def excerpt_starts(y: np.ndarray, n_samples: int, count: int, rng: np.random.Generator) -> list[int]:

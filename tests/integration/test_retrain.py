@@ -260,7 +260,7 @@ def test_api_retrain_is_token_protected_and_refuses_a_second_one(tmp_path, tiny_
 from .test_migrations import postgres_server, postgres_url  # noqa: E402, F401  (fixtures: a throwaway cluster)
 
 
-def test_one_active_model_and_one_running_retrain_on_postgres(postgres_url):
+def test_one_active_model_and_one_running_retrain_on_postgres(postgres_url):  # noqa: F811  (the fixture)
     from sqlalchemy.exc import IntegrityError
 
     from db import registry
