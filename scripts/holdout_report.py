@@ -92,6 +92,8 @@ def holdout_figures(
         },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
         "balanced_accuracy_at": {f"{t:g}": balanced_accuracy_at(z, is_female, t) for t in also_at},
+        "accuracy_by_corpus": _accuracy_per_group(z, is_female, corpus, (0.0, *also_at)),
+        "weakest_speaker_at": {f"{t:g}": _weakest_speaker(z, is_female, speaker, t) for t in dict.fromkeys((0.0, *also_at))},
         "accuracy_by_style": _accuracy_per_group(z, is_female, styles, (0.0, *also_at)) if styles is not None else {},
     }
 
@@ -106,6 +108,17 @@ def _accuracy_per_group(z: np.ndarray, is_female: np.ndarray, labels: list[str],
         g: {f"{t:g}": round(float(np.mean((z[idx] >= t) == is_female[idx])), 3) for t in dict.fromkeys(thresholds)}
         for g, idx in sorted(groups.items())
     }
+
+
+def _weakest_speaker(z: np.ndarray, is_female: np.ndarray, speaker: list[str], threshold: float) -> dict:
+    """The speaker with the lowest share of clips right at ``threshold`` (the first by name on a tie): who a threshold costs most."""
+    right = defaultdict(list)
+    gender = {}
+    for s, f, v in zip(speaker, is_female, z):
+        right[s].append((v >= threshold) == f)
+        gender[s] = "female" if f else "male"
+    s = min(sorted(right), key=lambda k: np.mean(right[k]))
+    return {"speaker": s, "gender": gender[s], "accuracy": round(float(np.mean(right[s])), 3), "clips": len(right[s])}
 
 
 def main() -> None:
@@ -146,6 +159,10 @@ def main() -> None:
     print(f"  speakers with 50+ clips at 0: {figures['speakers_with_50_clips_at_0']}")
     for t, ba in figures["balanced_accuracy_at"].items():
         print(f"  balanced accuracy at {t}: {ba:.3f}")
+    for t in figures["weakest_speaker_at"]:
+        w = figures["weakest_speaker_at"][t]
+        per_corpus = {g: right[t] for g, right in figures["accuracy_by_corpus"].items()}
+        print(f"  at {t}: {per_corpus}; weakest speaker {w['speaker']} ({w['gender']}) {w['accuracy']:.3f} of {w['clips']} clips")
     for style, right in figures["accuracy_by_style"].items():
         print(f"  {args.by_tag} {style}: " + ", ".join(f"{acc:.3f} at {t}" for t, acc in right.items()))
     if args.json:

@@ -43,6 +43,12 @@ def test_also_at_scores_the_clips_at_another_models_threshold():
     f = holdout_report.holdout_figures(z, is_female, ["c"] * 6, ["w"] * 3 + ["m"] * 3, also_at=(-1.2, 0.0))
     # At -1.2 two of three women and two of three men are right; at 0 one woman and every man.
     assert f["balanced_accuracy_at"] == {"-1.2": pytest.approx(2 / 3), "0": pytest.approx((1 / 3 + 1) / 2)}
+    assert f["accuracy_by_corpus"] == {"c/female": {"0": 0.333, "-1.2": 0.667}, "c/male": {"0": 1.0, "-1.2": 0.667}}
+    # At 0 the woman is right on one clip of three; at -1.2 she and the man (-0.8 reads female) tie at two of three: the first by name.
+    assert f["weakest_speaker_at"] == {
+        "0": {"speaker": "w", "gender": "female", "accuracy": 0.333, "clips": 3},
+        "-1.2": {"speaker": "m", "gender": "male", "accuracy": 0.667, "clips": 3},
+    }
 
 
 def test_an_ensemble_averages_each_clips_log_odds_and_refuses_members_of_another_split():
