@@ -80,19 +80,20 @@ def holdout_figures(
     for s, f, v in zip(speaker, is_female, z):
         votes[(s, bool(f))].append(v)
     verdict_right = {(s, f): (np.mean(v) >= 0) == f for (s, f), v in votes.items()}
+    by_corpus = _accuracy_per_group(z, is_female, corpus, (0.0, *also_at))
     return {
         "clips": len(z),
         "auc": weighted_auc(z, is_female, np.ones(len(z))),
         "balanced_accuracy_at_0": balanced_accuracy_at(z, is_female, 0.0),
         "best_threshold": threshold,
         "balanced_accuracy_at_best": best,
-        "accuracy_at_0": {g: right_at["0"] for g, right_at in _accuracy_per_group(z, is_female, corpus, (0.0,)).items()},
+        "accuracy_at_0": {g: right_at["0"] for g, right_at in by_corpus.items()},
         "speaker_votes_right_at_0": {
             g: f"{sum(ok for (_, f), ok in verdict_right.items() if f == (g == 'female'))} of {sum(f == (g == 'female') for _, f in verdict_right)}" for g in ("female", "male")
         },
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
         "balanced_accuracy_at": {f"{t:g}": balanced_accuracy_at(z, is_female, t) for t in also_at},
-        "accuracy_by_corpus": _accuracy_per_group(z, is_female, corpus, (0.0, *also_at)),
+        "accuracy_by_corpus": by_corpus,
         "weakest_speaker_at": {f"{t:g}": _weakest_speaker(z, is_female, speaker, t) for t in dict.fromkeys((0.0, *also_at))},
         "accuracy_by_style": _accuracy_per_group(z, is_female, styles, (0.0, *also_at)) if styles is not None else {},
     }
@@ -154,13 +155,11 @@ def main() -> None:
         f"{name}: {figures['clips']} clips, AUC {figures['auc']:.3f}, balanced accuracy at 0 {figures['balanced_accuracy_at_0']:.3f}, "
         f"best threshold {figures['best_threshold']:.2f} ({figures['balanced_accuracy_at_best']:.3f})"
     )
-    print(f"  at 0: {figures['accuracy_at_0']}")
     print(f"  speakers whose clips' vote is right at 0: {figures['speaker_votes_right_at_0']}")
     print(f"  speakers with 50+ clips at 0: {figures['speakers_with_50_clips_at_0']}")
     for t, ba in figures["balanced_accuracy_at"].items():
         print(f"  balanced accuracy at {t}: {ba:.3f}")
-    for t in figures["weakest_speaker_at"]:
-        w = figures["weakest_speaker_at"][t]
+    for t, w in figures["weakest_speaker_at"].items():
         per_corpus = {g: right[t] for g, right in figures["accuracy_by_corpus"].items()}
         print(f"  at {t}: {per_corpus}; weakest speaker {w['speaker']} ({w['gender']}) {w['accuracy']:.3f} of {w['clips']} clips")
     for style, right in figures["accuracy_by_style"].items():
