@@ -80,7 +80,8 @@ def holdout_figures(
     for s, f, v in zip(speaker, is_female, z):
         votes[(s, bool(f))].append(v)
     verdict_right = {(s, f): (np.mean(v) >= 0) == f for (s, f), v in votes.items()}
-    by_corpus = _accuracy_per_group(z, is_female, corpus, (0.0, *also_at))
+    thresholds = tuple(dict.fromkeys((0.0, *also_at)))  # 0 first, each once: the keys of every per-threshold figure
+    by_corpus = _accuracy_per_group(z, is_female, corpus, thresholds)
     return {
         "clips": len(z),
         "auc": weighted_auc(z, is_female, np.ones(len(z))),
@@ -94,8 +95,8 @@ def holdout_figures(
         "speakers_with_50_clips_at_0": {k: round(float(np.mean(v)), 3) for k, v in sorted(speakers.items()) if len(v) >= 50},
         "balanced_accuracy_at": {f"{t:g}": balanced_accuracy_at(z, is_female, t) for t in also_at},
         "accuracy_by_corpus": by_corpus,
-        "weakest_speaker_at": {f"{t:g}": _weakest_speaker(z, is_female, speaker, t) for t in dict.fromkeys((0.0, *also_at))},
-        "accuracy_by_style": _accuracy_per_group(z, is_female, styles, (0.0, *also_at)) if styles is not None else {},
+        "weakest_speaker_at": {f"{t:g}": _weakest_speaker(z, is_female, speaker, t) for t in thresholds},
+        "accuracy_by_style": _accuracy_per_group(z, is_female, styles, thresholds) if styles is not None else {},
     }
 
 
@@ -106,7 +107,7 @@ def _accuracy_per_group(z: np.ndarray, is_female: np.ndarray, labels: list[str],
         if label:
             groups[f"{label}/{'female' if f else 'male'}"].append(k)
     return {
-        g: {f"{t:g}": round(float(np.mean((z[idx] >= t) == is_female[idx])), 3) for t in dict.fromkeys(thresholds)}
+        g: {f"{t:g}": round(float(np.mean((z[idx] >= t) == is_female[idx])), 3) for t in thresholds}
         for g, idx in sorted(groups.items())
     }
 
