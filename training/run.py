@@ -31,29 +31,39 @@ class RunResult:
 
 LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starter-8 was trained with --fmin 300)
 LOGMEL_FMAX = 4000.0  # and highest: half the 8 kHz rate
+# Log-mel rates and their band counts: 48 bands over 300-4000 Hz at 8 kHz (the
+# starters); 64 over 300-8000 Hz at 16 kHz keeps about the same bands per mel
+# below 4 kHz and adds the studio band above it (models/MODEL_CARD.md).
+LOGMEL_RATES = {8_000: 48, 16_000: 64}
 
 
-def feature_config_for(kind: str, band_norm: str = "none", short_fill: str = "zeros", fmin: float | None = None, fmax: float | None = None) -> FeatureConfig:
+def feature_config_for(kind: str, band_norm: str = "none", short_fill: str = "zeros", fmin: float | None = None, fmax: float | None = None, sample_rate: int | None = None) -> FeatureConfig:
     """``mfcc``: the seed's recipe at 48 kHz; ``logmel``: the starter models' features.
 
     ``fmin`` (log-mel only) moves the lowest mel band edge up from 50 Hz, so
     the bands below it, which telephone channels cut or boost, are not input;
-    ``fmax`` moves the highest edge down from 4000 Hz (3400: the telephone band's top).
+    ``fmax`` moves the highest edge down from half the rate (3400: the
+    telephone band's top). ``sample_rate`` (log-mel only, one of
+    ``LOGMEL_RATES``; default 8 kHz) is the rate every clip is resampled to.
     """
     if kind == "mfcc":
-        if fmin is not None or fmax is not None:
-            raise ValueError("fmin and fmax apply to logmel features only; the seed's MFCC recipe keeps its own bands")
+        if fmin is not None or fmax is not None or sample_rate is not None:
+            raise ValueError("fmin, fmax and sample_rate apply to logmel features only; the seed's MFCC recipe keeps its own rate and bands")
         return replace(seed_mfcc_config(48_000), band_norm=band_norm, short_fill=short_fill)
     if kind == "logmel":
+        sr = 8_000 if sample_rate is None else int(sample_rate)
+        if sr not in LOGMEL_RATES:
+            raise ValueError(f"sample_rate must be one of {', '.join(str(r) for r in LOGMEL_RATES)} Hz for log-mel features, got {sample_rate}")
+        top = sr / 2
         fmin = LOGMEL_FMIN if fmin is None else float(fmin)
-        if not 0 <= fmin < 3000:
-            raise ValueError(f"fmin must be in [0, 3000) Hz for 8 kHz log-mel features (bands up to 4000 Hz), got {fmin}")
-        fmax = LOGMEL_FMAX if fmax is None else float(fmax)
-        if not fmin + 500 <= fmax <= LOGMEL_FMAX:
-            raise ValueError(f"fmax must be at least 500 Hz above fmin ({fmin:g} Hz) and at most {LOGMEL_FMAX:g} Hz (half the 8 kHz rate), got {fmax:g}")
+        if not 0 <= fmin < top - 1000:
+            raise ValueError(f"fmin must be in [0, {top - 1000:g}) Hz for {sr // 1000} kHz log-mel features (bands up to {top:g} Hz), got {fmin}")
+        fmax = top if fmax is None else float(fmax)
+        if not fmin + 500 <= fmax <= top:
+            raise ValueError(f"fmax must be at least 500 Hz above fmin ({fmin:g} Hz) and at most {top:g} Hz (half the {sr // 1000} kHz rate), got {fmax:g}")
         # 8 kHz keeps every corpus in one band (telephone to studio), and a 64 ms
         # frame resolves the harmonics of low voices; see models/MODEL_CARD.md.
-        return replace(logmel_config(sample_rate=8_000, n_mels=48), frame_s=0.064, fmin=fmin, fmax=fmax, band_norm=band_norm, short_fill=short_fill)
+        return replace(logmel_config(sample_rate=sr, n_mels=LOGMEL_RATES[sr]), frame_s=0.064, fmin=fmin, fmax=fmax, band_norm=band_norm, short_fill=short_fill)
     raise ValueError(f"unknown feature kind {kind!r}: use mfcc or logmel")
 
 
@@ -90,6 +100,7 @@ def run_training(
     wideband_short_fill: str | None = None,
     fmin: float | None = None,
     fmax: float | None = None,
+    sample_rate: int | None = None,
     split_kind: str = "speaker",
     val_fraction: float = 0.15,
     cfg: TrainConfig,
@@ -115,7 +126,7 @@ def run_training(
         features = replace(start.features, short_fill=short_fill or start.features.short_fill)
         log.info("fine-tuning %s (%s); its features are kept: %s", init, start.version, features)
     else:
-        features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin, fmax)
+        features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin, fmax, sample_rate)
     if wideband_short_fill:
         check_short_fill(wideband_short_fill, INFERENCE_FILLS)
         features = replace(features, wideband_short_fill=wideband_short_fill)

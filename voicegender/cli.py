@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wideband-short-fill", choices=INFERENCE_FILLS, default=None, help="the fill for a short clip whose file carries sound above the model's band (studio audio, not telephone): stored in the checkpoint and used at inference only; trim+loop scores the clip both ways and averages the log-odds (the shipped model: trim+loop; default: --short-fill for every clip, or --init's)")
     p.add_argument("--fmin", type=float, default=None, metavar="HZ", help="log-mel only: the lowest mel band edge in Hz (default 50); 300 leaves out the band telephone channels cut or boost. Stored in the checkpoint (see models/MODEL_CARD.md)")
     p.add_argument("--fmax", type=float, default=None, metavar="HZ", help="log-mel only: the highest mel band edge in Hz (default 4000, half the 8 kHz rate); 3400 is the top of the telephone band. Stored in the checkpoint (see models/MODEL_CARD.md)")
-    p.add_argument("--init", type=Path, default=None, metavar="MODEL", help="fine-tune this checkpoint instead of starting from scratch: its weights, standardisation and features (--features, --band-norm, --fmin and --fmax are ignored; --short-fill may change). Validate on speakers it never trained on: the same --split and --seed as its own run, or new speakers")
+    p.add_argument("--sample-rate", type=int, choices=(8000, 16000), default=None, metavar="HZ", help="log-mel only: the rate every clip is resampled to, 8000 (48 bands up to 4 kHz: one band for telephone and studio audio, the starters) or 16000 (64 bands up to 8 kHz). Stored in the checkpoint (default 8000; see models/MODEL_CARD.md)")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL", help="fine-tune this checkpoint instead of starting from scratch: its weights, standardisation and features (--features, --band-norm, --fmin, --fmax and --sample-rate are ignored; --short-fill may change). Validate on speakers it never trained on: the same --split and --seed as its own run, or new speakers")
     p.add_argument("--split", choices=("speaker", "audiomnist-folds", "random-clips", "corpus"), default="speaker")
     p.add_argument("--holdout-corpus", action="append", default=[], metavar="NAME", help="with --split corpus: validate on this whole corpus (repeatable)")
     p.add_argument("--val-fraction", type=float, default=0.15)
@@ -172,7 +173,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
         return update
 
-    result = run_training(args.sources, args.out, feature_kind=args.features, band_norm=args.band_norm, short_fill=args.short_fill, wideband_short_fill=args.wideband_short_fill, fmin=args.fmin, fmax=args.fmax, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus, init=args.init)
+    result = run_training(args.sources, args.out, feature_kind=args.features, band_norm=args.band_norm, short_fill=args.short_fill, wideband_short_fill=args.wideband_short_fill, fmin=args.fmin, fmax=args.fmax, sample_rate=args.sample_rate, split_kind=args.split, val_fraction=args.val_fraction, cfg=cfg, version=version, cache_dir=args.cache_dir, progress_factory=progress_factory, held_out_corpora=args.holdout_corpus, init=args.init)
     s = result.summary
     print(f"balanced accuracy {s['balanced_accuracy']['mean']:.4f} +- {s['balanced_accuracy']['std']:.4f} over {s['folds']} split(s)" + (" (speakers shared between train and validation)" if s["speaker_overlap"] else ""))
     for ckpt in result.checkpoints:

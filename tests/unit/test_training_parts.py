@@ -334,3 +334,25 @@ def test_fmax_moves_the_highest_mel_band_and_the_features_leave_out_what_lies_ab
             feature_config_for("logmel", fmin=300, fmax=fmax)
     with pytest.raises(ValueError, match="apply to logmel features only"):
         feature_config_for("mfcc", fmax=3400)
+
+
+def test_sample_rate_16k_adds_the_band_above_4khz_with_the_starters_band_density_below_it():
+    from classifier.features import compute_features, mel_band_centres
+    from training.run import feature_config_for
+
+    narrow, wide = feature_config_for("logmel", fmin=300), feature_config_for("logmel", fmin=300, sample_rate=16000)
+    assert (wide.sample_rate, wide.fmax, wide.n_mels, wide.frame_s) == (16000, 8000.0, 64, narrow.frame_s)
+    # Below 4 kHz the 16 kHz bands are about as dense as the starters' 48 (within two bands of the count).
+    below = int((mel_band_centres(wide) < 4000).sum())
+    assert abs(below - narrow.n_mels) <= 2
+    t = torch.arange(wide.window_samples) / wide.sample_rate
+    fricative, voice = torch.sin(2 * math.pi * 6000 * t)[None], torch.sin(2 * math.pi * 1000 * t)[None]
+    # A 6 kHz tone is input at 16 kHz: it moves the features by tens of dB.
+    moved = (compute_features(0.3 * voice + 0.3 * fricative, wide) - compute_features(0.3 * voice, wide)).abs().max().item()
+    assert moved > 20
+    with pytest.raises(ValueError, match="sample_rate must be one of 8000, 16000"):
+        feature_config_for("logmel", sample_rate=22050)
+    with pytest.raises(ValueError, match="at most 8000 Hz"):
+        feature_config_for("logmel", sample_rate=16000, fmax=9000)
+    with pytest.raises(ValueError, match="apply to logmel features only"):
+        feature_config_for("mfcc", sample_rate=16000)
