@@ -29,8 +29,7 @@ class RunResult:
     features: dict = field(default_factory=dict)
 
 
-LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starter-8 was trained with --fmin 300)
-LOGMEL_FMAX = 4000.0  # and highest: half the 8 kHz rate
+LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starter-8 was trained with --fmin 300); the highest is half the rate
 # Log-mel rates and their band counts: 48 bands over 300-4000 Hz at 8 kHz (the
 # starters); 64 over 300-8000 Hz at 16 kHz keeps about the same bands per mel
 # below 4 kHz and adds the studio band above it (models/MODEL_CARD.md).
