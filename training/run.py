@@ -30,9 +30,10 @@ class RunResult:
 
 
 LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starter-8 was trained with --fmin 300); the highest is half the rate
-# Log-mel rates and their band counts: 48 bands over 300-4000 Hz at 8 kHz (the
-# starters); 64 over 300-8000 Hz at 16 kHz keeps about the same bands per mel
-# below 4 kHz and adds the studio band above it (models/MODEL_CARD.md).
+# The log-mel rates train accepts (validated here only) and their band counts:
+# 48 bands up to 4 kHz at 8 kHz (the starters); 64 up to 8 kHz at 16 kHz keep
+# about the same bands per mel below 4 kHz and add the studio band above it
+# (models/MODEL_CARD.md).
 LOGMEL_RATES = {8_000: 48, 16_000: 64}
 
 
