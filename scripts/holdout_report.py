@@ -1,9 +1,9 @@
-"""The figures the model card's whole-corpus hold-out rows give, for one run.
+"""The figures the whole-corpus hold-out rows of models/EXPERIMENTS.md give, for one run.
 
 A run trained with ``--split corpus --holdout-corpus ...`` validates on
 corpora it never heard. A seed alone moves balanced accuracy at log-odds 0 by
 several points there, while ROC AUC and the best threshold's balanced accuracy
-move by under one (models/MODEL_CARD.md), so this prints all three, and
+move by under one (models/EXPERIMENTS.md), so this prints all three, and
 accuracy at 0 per corpus and gender and for every speaker with 50 clips or
 more, and how many speakers the vote of all their clips (mean log-odds, as
 the job report's speaker verdict) gets right. Raw (uncalibrated) log-odds per

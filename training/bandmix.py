@@ -8,7 +8,7 @@ devices) instead gives a crop another crop's per-band level and spread over
 time, mixed in a random share, and keeps its label: within-band detail
 (harmonics, formant movement) has to carry the answer, while inference
 sees the features unchanged. Measured on the telephone-digit hold-out it
-ranked worse and those women read more male (model card, Experiments), so
+ranked worse and those women read more male (models/EXPERIMENTS.md), so
 it is off by default.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A recording setup the model never saw moves the whole log-odds distribution
 while the ranking mostly holds: with telephone digits held out, the starter
 recipe's AUC is 0.95 but its threshold calls most women male
-(models/MODEL_CARD.md). A new threshold fitted on a few labelled clips of
+(models/EXPERIMENTS.md). A new threshold fitted on a few labelled clips of
 that channel recovers most of the loss in seconds; the weights are untouched.
 
 By default only the Platt bias moves: the scale was fitted on hundreds of

@@ -224,7 +224,7 @@ def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low
     (150-500 Hz) raised or lowered by up to 12 dB: bass-heavy microphones,
     close talking and handsets move that level. Off by default: on the
     digit hold-out it did not stop strong lows reading male
-    (models/MODEL_CARD.md, "Random low shelf"). With ``codec_prob``, that
+    (models/EXPERIMENTS.md, "Random low shelf"). With ``codec_prob``, that
     share of crops goes through a real speech codec (GSM, ADPCM, A-law, Opus,
     MP3; training/codecs.py), drawn uniformly, after the band and before the
     noise, as a call codes what the microphone hears.

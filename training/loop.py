@@ -41,10 +41,10 @@ class TrainConfig:
     warmup_steps: int = 200
     label_smoothing: float = 0.05
     augment: bool = True
-    short_crop_prob: float = 0.0  # share of crops that are short excerpts set in silence (see BalancedCropSampler; MODEL_CARD.md: 0.25 did not help)
+    short_crop_prob: float = 0.0  # share of crops that are short excerpts set in silence (see BalancedCropSampler; EXPERIMENTS.md: 0.25 did not help)
     # share of crops from wideband (studio) clips that are short excerpts looped to fill the window,
     # as inference fills a short studio clip (BalancedCropSampler; telephone clips keep their silence;
-    # MODEL_CARD.md: 0.3 moved short studio clips within noise and ranked telephone digits lower)
+    # EXPERIMENTS.md: 0.3 moved short studio clips within noise and ranked telephone digits lower)
     wideband_short_crop_prob: float = 0.0
     pitch_shift_prob: float = 0.0  # share of crops whose F0 moves towards the other gender's range, formants kept (training/pitch.py)
     pitch_male_up: float = 1.8  # most a male F0 is raised (120 Hz -> 216 Hz: a shouting man)

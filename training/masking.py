@@ -1,7 +1,7 @@
 """Frequency and time masking of training features (SpecAugment): a training augmentation.
 
 A held-out FSDD speaker's "seven", "eight" and "nine" are called female
-while his other digits are not (the digit hold-out in models/MODEL_CARD.md
+while his other digits are not (the digit hold-out in models/EXPERIMENTS.md
 traces it to Asterisk's women in training). Hiding random bands and
 stretches makes the model find the answer in more than one place of the
 spectrogram, so one word's fricative or formant region cannot decide a clip

@@ -58,7 +58,7 @@ def speed_ratios(b: int, *, prob: float, max_ratio: float, generator: torch.Gene
     draw ignores the label: a shouting man's raised F1 and F0 should not
     read female, and a range of +-10 % stays inside either gender's spread.
     Measured on both whole-corpus hold-outs it did not help (emotional
-    speech a little worse; models/MODEL_CARD.md), so it is off by default.
+    speech a little worse; models/EXPERIMENTS.md), so it is off by default.
     """
     if not 0.0 <= prob <= 1.0:
         raise ValueError(f"speed perturbation prob must be in [0, 1], got {prob}")

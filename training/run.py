@@ -33,7 +33,7 @@ LOGMEL_FMIN = 50.0  # train's default lowest band edge, Hz (starters 1-7; starte
 # The log-mel rates train accepts (validated here only) and their band counts:
 # 48 bands up to 4 kHz at 8 kHz (the starters); 64 up to 8 kHz at 16 kHz keep
 # about the same bands per mel below 4 kHz and add the studio band above it
-# (models/MODEL_CARD.md).
+# (models/EXPERIMENTS.md, "The band above 4 kHz").
 LOGMEL_RATES = {8_000: 48, 16_000: 64}
 
 

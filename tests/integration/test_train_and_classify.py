@@ -122,7 +122,7 @@ def test_a_killed_training_goes_on_from_its_saved_state(synthetic_audiomnist, tm
 
 
 def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
-    """scripts/holdout_report.py and scripts/codec_robustness.py on a real run, so the model card's commands keep working."""
+    """scripts/holdout_report.py and scripts/codec_robustness.py on a real run, so the commands of models/EXPERIMENTS.md and the model card keep working."""
     n_val = len(json.loads((trained_run / "split.json").read_text())["val"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for script, args in (
@@ -155,7 +155,7 @@ def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_ru
 
 
 def test_the_calibration_transfer_script_scores_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
-    """scripts/calibration_transfer.py (the model card's `calibrate` figures) on a real run."""
+    """scripts/calibration_transfer.py (the `calibrate` figures of models/EXPERIMENTS.md) on a real run."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def transfer(run: Path) -> subprocess.CompletedProcess:
