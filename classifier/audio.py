@@ -45,6 +45,15 @@ MAX_SAMPLE_RATE = 192_000
 # Sound above the model's band at -50 dB or more of the whole: studio speech read
 # -38 to -2 dB on every corpus of the shared set, 8 kHz audio upsampled about -140 dB.
 WIDEBAND_MIN_DB = -50.0
+# Sample formats whose own noise stays out of a band the audio left empty, so
+# sound there is the recording's. 8-bit, mu-law/A-law and ADPCM rounding is
+# white (8 kHz telephone clips upsampled to 16-44 kHz and stored so read -56 to
+# -19 dB above 4 kHz, as loud as studio speech), and Opus fills empty bands
+# with folded noise (up to -34 dB at 48 kHz); in those the band cannot be told.
+BAND_FAITHFUL_SUBTYPES = frozenset({
+    "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32",
+    "VORBIS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III",
+})
 # -80 dBFS: below 16-bit dither, nothing a microphone records is that quiet.
 SILENCE_PEAK = 1e-4
 # Decoded this many frames at a time and mixed to mono as they come, so a
@@ -68,7 +77,8 @@ class Recording:
     duration_s: float
     # Whether the file carried sound above ``sr``'s band before resampling (studio
     # audio, unlike telephone audio, even when that was stored at a higher rate);
-    # None when not measured (``load_audio``'s ``band_probe_samples``).
+    # None when not measured (``load_audio``'s ``band_probe_samples``) or when the
+    # file's sample format adds noise of its own there (``BAND_FAITHFUL_SUBTYPES``).
     wideband: bool | None = None
 
 
@@ -169,6 +179,7 @@ def load_audio(
         _check_complete(f, snd, path)
         y = _decode(snd, path)
         _check_decoded_all(f, snd, len(y), path)
+        subtype = snd.subtype
     _check_samples(y, path)
     native = y
     if snd.samplerate != sr:
@@ -177,7 +188,10 @@ def load_audio(
         raise TooShort(f"{len(y)} samples at {sr} Hz; at least {min_samples} are needed for one frame", path=str(path))
     wideband = None
     if len(y) <= band_probe_samples:
-        wideband = snd.samplerate > sr and energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
+        if snd.samplerate <= sr:
+            wideband = False  # nothing above the band was stored
+        elif subtype in BAND_FAITHFUL_SUBTYPES:
+            wideband = energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
     return Recording(y=y, sr=int(sr), source_sr=snd.samplerate, duration_s=len(y) / sr, wideband=wideband)
 
 

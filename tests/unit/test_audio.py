@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from classifier.audio import (
     AUDIO_EXTENSIONS,
+    WIDEBAND_MIN_DB,
     Recording,
     energy_above_db,
     find_audio_files,
@@ -170,6 +171,34 @@ def test_wideband_says_whether_the_file_carried_sound_above_the_target_band(tmp_
     assert load_audio(tmp_path / "studio.wav", sr=8_000).wideband is None
     assert energy_above_db(np.zeros(100, np.float32), 8_000, 1_000.0) == float("-inf")
     assert energy_above_db(_tone(8_000, 8_000, hz=3_000.0), 8_000, 1_000.0) == pytest.approx(0.0, abs=0.01)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"])
+def test_telephone_audio_in_a_coarse_sample_format_is_not_taken_for_studio_audio(tmp_path, subtype):
+    """8 kHz audio stored at 16 kHz in 8-bit, mu-law, A-law or ADPCM samples carries their rounding noise
+    above 4 kHz, as loud as studio speech there: the band is left untold (None), so a short clip keeps the
+    model's own fill, as the same audio stored in 16-bit samples does."""
+    rng = np.random.default_rng(0)
+    voice8 = _tone(4_000, 8_000, hz=200.0, amp=0.2) + 0.01 * rng.standard_normal(4_000).astype(np.float32)
+    up = soxr.resample(voice8, 8_000, 16_000)
+    sf.write(tmp_path / "phone16.wav", up, 16_000, subtype="PCM_16")
+    sf.write(tmp_path / "coarse.wav", up, 16_000, subtype=subtype)
+    coarse, _ = sf.read(tmp_path / "coarse.wav", dtype="float32")
+    assert energy_above_db(coarse, 16_000, 4_000.0) >= WIDEBAND_MIN_DB  # its own noise passes the level test
+    assert load_audio(tmp_path / "phone16.wav", sr=8_000, band_probe_samples=8_000).wideband is False
+    assert load_audio(tmp_path / "coarse.wav", sr=8_000, band_probe_samples=8_000).wideband is None
+
+
+def test_the_band_is_read_from_formats_that_keep_an_empty_band_empty_and_never_from_opus(tmp_path):
+    """FLAC, Vorbis and MP3 of studio audio still read wideband; Opus fills empty bands with noise of its own, so
+    its band is left untold (None) even for studio audio."""
+    rng = np.random.default_rng(1)
+    studio = (0.1 * rng.standard_normal(24_000)).astype(np.float32)  # sound up to 24 kHz, 0.5 s
+    for name, fmt, subtype in (("s.flac", "FLAC", "PCM_16"), ("s.ogg", "OGG", "VORBIS"), ("s.mp3", "MP3", "MPEG_LAYER_III")):
+        sf.write(tmp_path / name, studio, 48_000, format=fmt, subtype=subtype)
+        assert load_audio(tmp_path / name, sr=8_000, band_probe_samples=8_000).wideband is True, name
+    sf.write(tmp_path / "s.opus.ogg", studio, 48_000, format="OGG", subtype="OPUS")
+    assert load_audio(tmp_path / "s.opus.ogg", sr=8_000, band_probe_samples=8_000).wideband is None
 
 
 def test_empty_file(tmp_path):
