@@ -179,6 +179,31 @@ def test_the_calibration_transfer_script_scores_a_runs_validation_clips(trained_
             assert f"{k}, {n} clips each: calibrated " in proc.stdout, proc.stdout
 
 
+def test_the_format_sweep_stores_a_runs_validation_clips_each_way_and_scores_them(trained_run, synthetic_audiomnist, tmp_path):
+    """scripts/format_sweep.py (the model card's storage table) on a real run: every copy is scored through the product's path."""
+    n_val = len(json.loads((trained_run / "split.json").read_text())["val"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def sweep(*args: str) -> dict:
+        out = tmp_path / f"sweep{len(list(tmp_path.glob('*.json')))}.json"
+        proc = subprocess.run([sys.executable, "scripts/format_sweep.py", str(trained_run / "model.pt"), str(trained_run / "split.json"), str(synthetic_audiomnist),
+                               "--work", str(tmp_path / "copies"), "--out", str(out), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(out.read_text())
+
+    whole = sweep("--only", "wav16-native", "--only", "wav8u-16k")
+    assert whole["clips"] == n_val and list(whole["storages"]) == ["as-recorded", "wav16-native", "wav8u-16k"]
+    assert all(r["clips"] == n_val and not r["errors"] for r in whole["storages"].values())
+    assert set(whole["storages"]["as-recorded"]["accuracy_per_corpus"]) == {"audiomnist/female", "audiomnist/male"}
+    # 16-bit copies of 16-bit files are the files; 8-bit rounding reaches the model.
+    assert whole["storages"]["wav16-native"]["verdicts_changed"] == 0
+    assert whole["storages"]["wav16-native"]["max_abs_log_odds_change"] < 1e-3
+    assert whole["storages"]["wav8u-16k"]["max_abs_log_odds_change"] > 1e-3
+    short = sweep("--excerpt", "0.3", "--only", "mp3dec-16k")
+    assert short["excerpt_s"] == 0.3 and {r["clips"] for r in short["storages"].values()} == {n_val}
+    assert len(list((tmp_path / "copies" / "mp3dec-16k").glob("*.wav"))) == n_val  # decoded MP3 stored as WAV, the MP3 gone
+
+
 def test_missing_model_is_one_clear_line(tmp_path):
     proc = run_cli("classify", str(tmp_path), "--model", str(tmp_path / "none.pt"), check=False)
     assert proc.returncode == 2
