@@ -446,3 +446,29 @@ def speech_mask(windows: np.ndarray, *, floor_db: float = -55.0, below_loudest_d
     mask = (level_db > floor_db) & (level_db > level_db.max() - below_loudest_db)
     mask[int(np.argmax(level_db))] = True
     return mask
+
+
+def speech_extent(
+    y: np.ndarray, sr: int, *, frame_s: float = 0.02, below_loudest_db: float = 30.0, floor_db: float = -60.0, margin_s: float = 0.01
+) -> tuple[int, int]:
+    """``(start, stop)`` of ``y`` from its first to its last frame of sound, ``margin_s`` wider on each side.
+
+    A frame is sound when its RMS is above ``floor_db`` (dBFS) and within
+    ``below_loudest_db`` of the loudest frame; the margin keeps the onset and
+    release that fall under that. The defaults: 0.6 s studio excerpts set in
+    1.5 s of silence scored 0.940 balanced as they were, 0.958-0.968 cut with
+    margins of 0-10 ms and 0.950 with 50 ms (silence left in a short clip reads
+    male). A file with no such frame (cannot happen for a file that passed the
+    silence check) is returned whole.
+    """
+    n = max(1, int(round(frame_s * sr)))
+    if len(y) <= n:
+        return 0, len(y)
+    frames = len(y) // n
+    power = np.mean(np.square(y[: frames * n].reshape(frames, n), dtype=np.float64), axis=1)
+    level_db = 10 * np.log10(np.maximum(power, 1e-24))
+    sound = np.flatnonzero((level_db > floor_db) & (level_db > level_db.max() - below_loudest_db))
+    if len(sound) == 0:
+        return 0, len(y)
+    margin = int(round(margin_s * sr))
+    return max(0, int(sound[0]) * n - margin), min(len(y), (int(sound[-1]) + 1) * n + margin)

@@ -23,6 +23,11 @@ AMIN = 1e-10  # librosa.power_to_db's floor
 TOP_DB = 80.0  # librosa.power_to_db's default dynamic range
 
 
+# Files up to this many windows long are probed for their band when silent edges are cut:
+# a word with a few seconds of silence around it is still a short clip.
+EDGE_PROBE_WINDOWS = 4
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Everything that decides preprocessing; stored inside every checkpoint."""
@@ -56,6 +61,11 @@ class FeatureConfig:
     # every clip. Applied at inference only: training reads band-limited copies.
     # May score the clip two ways at once ("trim+loop"; classifier.audio.fill_views).
     wideband_short_fill: InferenceFill | None = None
+    # A wideband file whose sound, from its first to its last loud frame, is
+    # shorter than one window is that short clip: the silence around a word (a
+    # 1 s command clip, a digit with pauses before and after) is cut away rather
+    # than scored as part of it (classifier.audio.speech_extent). Inference only.
+    wideband_trim_edges: bool = False
 
     def fill_for(self, wideband: bool | None) -> InferenceFill:
         """The short-clip fill for a recording that is (or is not, or was not measured) wideband."""
@@ -63,8 +73,11 @@ class FeatureConfig:
 
     @property
     def band_probe_samples(self) -> int:
-        """Up to how many samples a recording's band decides its fill (``load_audio``): one window, with a wideband fill."""
-        return self.window_samples if self.wideband_short_fill else 0
+        """Up to how many samples a recording's band decides its fill (``load_audio``): with a wideband fill, one
+        window, or ``EDGE_PROBE_WINDOWS`` when a wideband file's silent edges are cut (its sound may still be short)."""
+        if not self.wideband_short_fill:
+            return 0
+        return self.window_samples * (EDGE_PROBE_WINDOWS if self.wideband_trim_edges else 1)
 
     @property
     def n_fft(self) -> int:

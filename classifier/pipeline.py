@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from classifier.audio import fill_views, load_audio, speech_mask, split_windows
+from classifier.audio import fill_views, load_audio, speech_extent, speech_mask, split_windows
 from classifier.errors import InvalidAudio
 from classifier.features import compute_features
 from classifier.gradcam import GradCAM
@@ -57,15 +57,21 @@ def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband:
     """Window a decoded waveform and keep only the windows that hold speech.
 
     ``wideband``: the file carried sound above the model's band
-    (``Recording.wideband``), which picks the short-clip fill.
+    (``Recording.wideband``), which picks the short-clip fill and, with
+    ``wideband_trim_edges``, cuts the silence around a short utterance.
     """
     cfg = bundle.features
+    duration_s = len(y) / cfg.sample_rate
+    if wideband and cfg.wideband_short_fill and cfg.wideband_trim_edges:
+        start, stop = speech_extent(y, cfg.sample_rate)
+        if stop - start < cfg.window_samples and stop - start >= cfg.n_fft:
+            y = y[start:stop]
     fill, *others = fill_views(cfg.fill_for(wideband))
     windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=fill)
     keep = speech_mask(windows)
     # A clip of one window or more is windowed the same under every fill: no second view to score.
     views = tuple(split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=f)[keep] for f in others) if len(y) < cfg.window_samples else ()
-    return PreparedClip(path=path, duration_s=len(y) / cfg.sample_rate, windows=windows[keep], views=views)
+    return PreparedClip(path=path, duration_s=duration_s, windows=windows[keep], views=views)
 
 
 def prepare_file(path: str | os.PathLike, bundle: ModelBundle, *, max_duration_s: float = 1200.0) -> PreparedClip:

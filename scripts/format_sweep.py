@@ -7,14 +7,15 @@ model's band; it can move where the storage took something away (an 8 kHz
 rate, 8-bit samples, a lossy codec) and where the file's band decides the
 short-clip fill (``Recording.wideband``). This writes the validation clips of
 a run (``split.json``'s ``val``; with ``--excerpt S``, an S-second excerpt of
-each, the loudest stretch, 50 ms fades: a digit's length) in each storage
+each, the loudest stretch, 50 ms fades: a digit's length; with ``--pad-to T``,
+centred in T seconds of silence, as a word in a longer file) in each storage
 below, classifies every copy through the product's own path (``Classifier``,
 the code behind ``voicegender classify``), and prints per storage: balanced
 accuracy per clip at the model's decision, the verdicts that differ from the
 same clip's verdict as recorded, the largest change of log-odds, and how many
 clips the band test took for wideband. Usage:
 
-    python scripts/format_sweep.py MODEL SPLIT_JSON MANIFEST --work DIR [--corpus NAME ...] [--excerpt 0.6] [--only NAME ...] [--out JSON]
+    python scripts/format_sweep.py MODEL SPLIT_JSON MANIFEST --work DIR [--corpus NAME ...] [--excerpt 0.6 [--pad-to 1.5]] [--only NAME ...] [--out JSON]
 """
 from __future__ import annotations
 
@@ -90,6 +91,16 @@ def excerpt(y: np.ndarray, sr: int, length_s: float) -> np.ndarray:
     return piece
 
 
+def centred_in_silence(y: np.ndarray, n: int) -> np.ndarray:
+    """``y`` in the middle of ``n`` samples of zeros (``y`` itself when it is that long already)."""
+    if len(y) >= n:
+        return y
+    out = np.zeros(n, dtype=np.float32)
+    start = (n - len(y)) // 2
+    out[start : start + len(y)] = y
+    return out
+
+
 def store(y: np.ndarray, sr: int, storage: Storage, path_stem: Path) -> Path:
     """Write ``y`` (mono float at ``sr``) as ``storage`` describes; returns the file's path."""
     rate = storage.rate or sr
@@ -126,9 +137,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for the stored copies (one subfolder per storage)")
     ap.add_argument("--corpus", action="append", default=[], help="only these corpora (repeatable; default all)")
     ap.add_argument("--excerpt", type=float, metavar="S", help="store an S-second excerpt of each clip instead of the whole clip")
+    ap.add_argument("--pad-to", type=float, metavar="T", help="with --excerpt: centre each excerpt in T seconds of digital silence, as a word in a longer file")
     ap.add_argument("--only", action="append", default=[], choices=[s.name for s in STORAGES], help="only these storages (repeatable)")
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()
+    if args.pad_to and not args.excerpt:
+        ap.error("--pad-to centres an excerpt: give --excerpt too")
 
     bundle = load_checkpoint(args.model)
     classifier = Classifier(bundle, explain=False)
@@ -136,14 +150,18 @@ def main() -> None:
     val = [i for i in json.loads(args.split.read_text())["val"] if not args.corpus or clips[i].corpus in args.corpus]
     is_female = np.array([clips[i].gender == "female" for i in val])
     threshold = -bundle.calibration.bias / bundle.calibration.scale
-    print(f"{bundle.version}: {len(val)} clips ({int(is_female.sum())} of women), threshold {threshold:+.2f}, {'excerpts of %g s' % args.excerpt if args.excerpt else 'whole clips'}")
+    print(f"{bundle.version}: {len(val)} clips ({int(is_female.sum())} of women), threshold {threshold:+.2f}, {'excerpts of %g s' % args.excerpt if args.excerpt else 'whole clips'}{' in %g s of silence' % args.pad_to if args.pad_to else ''}")
 
     # "as recorded": the file itself, or its excerpt as float WAV at the file's own rate (no rounding).
     originals: list[tuple[np.ndarray, int]] = []
     for i in val:
         y, sr = sf.read(clips[i].path, dtype="float32", always_2d=True)
         y = y.mean(axis=1)
-        originals.append((excerpt(y, sr, args.excerpt) if args.excerpt else y, sr))
+        if args.excerpt:
+            y = excerpt(y, sr, args.excerpt)
+            if args.pad_to:
+                y = centred_in_silence(y, int(round(args.pad_to * sr)))
+        originals.append((y, sr))
     storages = [s for s in STORAGES if not args.only or s.name in args.only]
     groups: dict[tuple[str, str], list[int]] = {}
     for k, i in enumerate(val):
@@ -191,7 +209,7 @@ def main() -> None:
         for line in failed[:5]:
             print("    ", line)
     if args.out:
-        args.out.write_text(json.dumps({"model": bundle.version, "threshold": threshold, "excerpt_s": args.excerpt, "clips": len(val), "storages": rows}, indent=2))
+        args.out.write_text(json.dumps({"model": bundle.version, "threshold": threshold, "excerpt_s": args.excerpt, "pad_to_s": args.pad_to, "clips": len(val), "storages": rows}, indent=2))
 
 
 if __name__ == "__main__":

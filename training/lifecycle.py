@@ -144,7 +144,9 @@ def train_candidate(
     ``state_path``: where the training state is saved; a state found there goes
     on when it is of the same data and options, and is replaced when not.
     """
-    features = replace(feature_config_for(feature_kind, band_norm, short_fill, fmin), wideband_short_fill=wideband_short_fill)
+    features = replace(
+        feature_config_for(feature_kind, band_norm, short_fill, fmin), wideband_short_fill=wideband_short_fill, wideband_trim_edges=bool(wideband_short_fill)
+    )
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     bundle, val_metrics = train_split(clips, waves, split, features, cfg, version=version, progress=progress, state_path=state_path, other_state="replace")
     held_out_metrics = evaluate(bundle, clips, waves, split.test)

@@ -49,9 +49,9 @@ def run_identity(train_config: dict, features: dict, split: dict, init_sha256: s
     default is the start time).
     """
     cfg = {k: v for k, v in train_config.items() if k != "save_every"}
-    # The wideband fill acts at inference only (training reads band-limited copies),
-    # and leaving it out keeps states saved before the field existed resumable.
-    features = {k: v for k, v in features.items() if k != "wideband_short_fill"}
+    # The wideband fill and edge cut act at inference only (training reads band-limited
+    # copies), and leaving them out keeps states saved before the fields existed resumable.
+    features = {k: v for k, v in features.items() if k not in ("wideband_short_fill", "wideband_trim_edges")}
     split_digest = hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()
     return {"train_config": cfg, "features": features, "split_sha256": split_digest, "init_sha256": init_sha256}
 

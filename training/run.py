@@ -129,7 +129,8 @@ def run_training(
         features = feature_config_for(feature_kind, band_norm, short_fill or "zeros", fmin, fmax, sample_rate)
     if wideband_short_fill:
         check_short_fill(wideband_short_fill, INFERENCE_FILLS)
-        features = replace(features, wideband_short_fill=wideband_short_fill)
+        # A studio file's silent edges do not make its word longer (inference only, as the fill).
+        features = replace(features, wideband_short_fill=wideband_short_fill, wideband_trim_edges=True)
     log.info("decoding %d clips at %d Hz", len(clips), features.sample_rate)
     waves = load_waveforms(clips, sr=features.sample_rate, cache_dir=cache_dir)
     splits = make_splits(clips, split_kind, seed=cfg.seed, val_fraction=val_fraction, held_out=held_out_corpora)

@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     retrain_codec: float = Field(0.0, ge=0.0, le=1.0)  # share of crops through a real speech codec (GSM, ADPCM, Opus, MP3)
     retrain_band_norm: Literal["none", "lows", "all"] = "none"  # FeatureConfig.band_norm of the candidate's features
     retrain_short_fill: ShortFill = "zeros"  # FeatureConfig.short_fill: how clips under 1 s fill a window
-    # FeatureConfig.wideband_short_fill: the same for a file with sound above the model's band (studio audio), as in the shipped model
+    # FeatureConfig.wideband_short_fill: the same for a file with sound above the model's band (studio audio), as in the shipped model;
+    # set, it also cuts the silence around a short utterance in such a file (FeatureConfig.wideband_trim_edges)
     retrain_wideband_short_fill: InferenceFill | None = "trim+loop"
     retrain_fmin: float = Field(300.0, ge=0.0, lt=3000.0)  # log-mel's lowest band edge, Hz, as in the shipped model (ignored for mfcc)
     retrain_seed: int = 0

@@ -19,6 +19,7 @@ from classifier.audio import (
     find_audio_files,
     is_audio_path,
     load_audio,
+    speech_extent,
     speech_mask,
     split_windows,
     loop_to_length,
@@ -172,6 +173,21 @@ def test_wideband_says_whether_the_file_carried_sound_above_the_target_band(tmp_
     assert energy_above_db(np.zeros(100, np.float32), 8_000, 1_000.0) == float("-inf")
     assert energy_above_db(_tone(8_000, 8_000, hz=3_000.0), 8_000, 1_000.0) == pytest.approx(0.0, abs=0.01)
 
+
+
+def test_speech_extent_spans_the_first_to_the_last_loud_frame():
+    sr = 8_000
+    word = _tone(4_000, sr, hz=200.0, amp=0.3)  # 0.5 s
+    y = np.concatenate([np.zeros(8_000, np.float32), word, np.zeros(4_000, np.float32), 0.3 * word[:800], np.zeros(8_000, np.float32)])
+    start, stop = speech_extent(y, sr, margin_s=0.0)
+    assert start == 8_000 and stop == 8_000 + 4_000 + 4_000 + 800  # the pause between the sounds is kept
+    # Low noise in the silence (-70 dBFS) is not sound; the margin widens the cut on both sides.
+    rng = np.random.default_rng(0)
+    noisy = y + (10 ** (-70 / 20) * rng.standard_normal(len(y))).astype(np.float32)
+    assert speech_extent(noisy, sr, margin_s=0.01) == (8_000 - 80, 8_000 + 8_800 + 80)
+    # A sound within below_loudest_db of the loudest frame counts; one further below does not.
+    assert speech_extent(y, sr, margin_s=0.0, below_loudest_db=5.0)[1] == 12_000
+    assert speech_extent(word, sr) == (0, len(word)) and speech_extent(word[:100], sr) == (0, 100)
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"])
 def test_telephone_audio_in_a_coarse_sample_format_is_not_taken_for_studio_audio(tmp_path, subtype):

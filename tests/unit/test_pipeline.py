@@ -86,6 +86,45 @@ def test_a_two_way_fill_scores_a_short_clip_both_ways_and_averages(bundle):
     assert phone.windows.shape == (1, SR) and phone.views == ()  # short_fill ("zeros"): one view
 
 
+def test_a_short_word_in_a_longer_studio_file_is_scored_as_that_short_clip(bundle, tmp_path):
+    """wideband_trim_edges: 0.4 s of sound inside 1.5 s of silence in a studio file is prepared as that
+    0.4 s clip (both views, 10 ms of margin); the file's duration is still reported. Telephone files, files without the
+    field and files whose sound lasts a window or more are prepared as before."""
+    both = replace(bundle.features, wideband_short_fill="trim+loop")
+    edged = ModelBundle(model=bundle.model, features=replace(both, wideband_trim_edges=True), version="edged")
+    plain = ModelBundle(model=bundle.model, features=both, version="plain")
+    word = _tone(0.4, 180.0) + 0.05 * _tone(0.4, 1_234.0)
+    padded = np.concatenate([np.zeros(int(0.6 * SR), np.float32), word, np.zeros(int(0.5 * SR), np.float32)])
+    # The cut keeps a 10 ms margin of the file around the word.
+    bare = prepare_waveform("w", padded[int(0.6 * SR) - 80 : int(1.0 * SR) + 80], edged, wideband=True)
+    clip = prepare_waveform("p", padded, edged, wideband=True)
+    assert clip.duration_s == pytest.approx(1.5)
+    assert clip.windows.shape == bare.windows.shape == (1, len(word) + 160)
+    np.testing.assert_array_equal(clip.windows, bare.windows)
+    np.testing.assert_array_equal(clip.views[0], bare.views[0])
+    clf = Classifier(edged, explain=False)
+    assert clf.classify_prepared([clip])[0].log_odds == pytest.approx(clf.classify_prepared([bare])[0].log_odds, abs=1e-5)
+    # Before the field, the same file is two windows of one second holding the word and its silence.
+    assert prepare_waveform("p", padded, plain, wideband=True).windows.shape == (2, SR)
+    assert prepare_waveform("p", padded, edged, wideband=False).windows.shape == (2, SR)  # telephone: as trained
+    speech = np.concatenate([np.zeros(SR // 2, np.float32), _tone(1.2, 180.0), np.zeros(SR // 2, np.float32)])
+    assert prepare_waveform("s", speech, edged, wideband=True).windows.shape == prepare_waveform("s", speech, plain, wideband=True).windows.shape
+
+
+def test_the_band_of_a_file_is_probed_up_to_four_windows_when_edges_are_cut(bundle, tmp_path):
+    """A 3 s studio file may hold a short word: its band is measured; without the edge cut only files under a window are."""
+    both = replace(bundle.features, wideband_short_fill="trim+loop")
+    assert both.band_probe_samples == SR and replace(both, wideband_trim_edges=True).band_probe_samples == 4 * SR
+    assert bundle.features.band_probe_samples == 0 and replace(bundle.features, wideband_trim_edges=True).band_probe_samples == 0
+    rng = np.random.default_rng(2)
+    word = (0.3 * rng.standard_normal(int(0.3 * 16_000))).astype(np.float32)  # sound up to 8 kHz
+    y = np.concatenate([np.zeros(16_000, np.float32), word, np.zeros(int(1.7 * 16_000), np.float32)])
+    sf.write(tmp_path / "word_in_3s.wav", y, 16_000, subtype="PCM_16")
+    edged = ModelBundle(model=bundle.model, features=replace(both, wideband_trim_edges=True), version="edged")
+    clip = prepare_file(tmp_path / "word_in_3s.wav", edged)
+    assert clip.duration_s == pytest.approx(3.0) and clip.windows.shape[0] == 1 and clip.windows.shape[1] < SR
+
+
 def test_a_two_way_fill_is_for_inference_only():
     from classifier.audio import check_short_fill, fill_views
     from training.data import BalancedCropSampler

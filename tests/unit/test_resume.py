@@ -105,13 +105,14 @@ def test_a_resumed_run_with_weight_averaging_ships_the_same_average(data, tmp_pa
 
 
 def test_the_wideband_fill_does_not_decide_whether_a_state_resumes():
-    """It acts at inference only; states saved before the field existed stay resumable."""
+    """It and the edge cut act at inference only; states saved before the fields existed stay resumable."""
     from dataclasses import replace
 
     from training.resume import run_identity
 
     before = feature_config_for("logmel").to_dict()
     before.pop("wideband_short_fill")
-    now = replace(feature_config_for("logmel"), wideband_short_fill="trim").to_dict()
+    before.pop("wideband_trim_edges")
+    now = replace(feature_config_for("logmel"), wideband_short_fill="trim", wideband_trim_edges=True).to_dict()
     assert run_identity({}, before, {}, None) == run_identity({}, now, {}, None)
     assert run_identity({}, before, {}, None) != run_identity({}, {**now, "short_fill": "loop"}, {}, None)

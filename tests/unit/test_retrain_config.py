@@ -12,7 +12,7 @@ def test_a_retrain_uses_the_shipped_models_pitch_shift_by_default(tmp_path):
     assert cfg.pitch_shift_prob == 0.4 and cfg.pitch_both_ways and cfg.augment
     assert cfg.spec_mask_prob == 0.5 and cfg.low_shelf_prob == 0.0 and cfg.codec_prob == 0.0
     assert Settings(data_dir=tmp_path).retrain_fmin == 300.0  # starter-8's mel bands start at 300 Hz
-    assert Settings(data_dir=tmp_path).retrain_wideband_short_fill == "trim+loop"  # starter-8.2 scores short studio clips trimmed and looped
+    assert Settings(data_dir=tmp_path).retrain_wideband_short_fill == "trim+loop"  # starter-8.2 and later score short studio clips trimmed and looped
 
 
 def test_settings_and_a_requests_overrides_change_the_recipe(tmp_path):
@@ -56,6 +56,7 @@ def test_a_candidate_is_trained_and_stored_with_the_configured_features(tmp_path
     )
     features = load_checkpoint(candidate.checkpoint).features
     assert (features.band_norm, features.short_fill, features.fmin, features.wideband_short_fill) == ("all", "loop", 250.0, "zeros")
+    assert features.wideband_trim_edges  # a wideband fill comes with the silent edges of studio files cut, as in the shipped model
     assert candidate.held_out_metrics["n"] == sum(c.speaker in held_out for c in clips)
     with pytest.raises(ValidationError, match="retrain_band_norm"):
         Settings(data_dir=tmp_path, retrain_band_norm="treble")
