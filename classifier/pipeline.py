@@ -64,7 +64,8 @@ def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband:
     duration_s = len(y) / cfg.sample_rate
     if wideband and cfg.wideband_short_fill and cfg.wideband_trim_edges:
         start, stop = speech_extent(y, cfg.sample_rate)
-        if stop - start < cfg.window_samples and stop - start >= cfg.n_fft:
+        # Shorter than a frame, the cut could not be scored: such a blip keeps its file's length.
+        if cfg.n_fft <= stop - start < cfg.window_samples:
             y = y[start:stop]
     fill, *others = fill_views(cfg.fill_for(wideband))
     windows = split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=fill)

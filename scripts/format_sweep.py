@@ -1,7 +1,7 @@
 """Does the verdict depend on how a recording was stored?
 
 Users send 8-48 kHz audio as int or float WAV, FLAC, Ogg or MP3-decoded WAV.
-The model reads every file at its own rate after resampling, so the verdict
+The model reads every file resampled to its own rate, so the verdict
 should not move with the container, the sample format or the rate above the
 model's band; it can move where the storage took something away (an 8 kHz
 rate, 8-bit samples, a lossy codec) and where the file's band decides the
@@ -117,11 +117,10 @@ def store(y: np.ndarray, sr: int, storage: Storage, path_stem: Path) -> Path:
     return path
 
 
-def score(classifier: Classifier, paths: list[Path]) -> tuple[np.ndarray, list[str | None], list[str | None]]:
-    """Log-odds, predictions and errors of ``paths`` through the product's classifier."""
+def score(classifier: Classifier, paths: list[Path]) -> tuple[np.ndarray, list[str | None]]:
+    """Log-odds (NaN where the file could not be used) and errors of ``paths`` through the product's classifier."""
     results = classifier.classify_files(paths)
-    z = np.array([np.nan if r.log_odds is None else r.log_odds for r in results])
-    return z, [r.prediction for r in results], [r.error for r in results]
+    return np.array([np.nan if r.log_odds is None else r.log_odds for r in results]), [r.error for r in results]
 
 
 def wideband_count(paths: list[Path], bundle) -> int:
@@ -176,7 +175,7 @@ def main() -> None:
             paths = [Path(clips[i].path) for i in val]
         else:
             paths = [store(y, sr, storage, out / f"{k:05d}") for k, (y, sr) in enumerate(originals)]
-        z, pred, errors = score(classifier, paths)
+        z, errors = score(classifier, paths)
         failed = [f"{p}: {e}" for p, e in zip(paths, errors) if e]
         ok = ~np.isnan(z)
         if base_z is None:
