@@ -458,17 +458,13 @@ def speech_extent(
     release that fall under that. The defaults: 0.6 s studio excerpts set in
     1.5 s of silence scored 0.940 balanced as they were, 0.958-0.968 cut with
     margins of 0-10 ms and 0.950 with 50 ms (silence left in a short clip reads
-    male). A file with no such frame (cannot happen for a file that passed the
-    silence check) is returned whole.
+    male). The loudest frame always counts, as the loudest window always votes.
     """
     n = max(1, int(round(frame_s * sr)))
     if len(y) <= n:
         return 0, len(y)
     frames = len(y) // n
-    power = np.mean(np.square(y[: frames * n].reshape(frames, n), dtype=np.float64), axis=1)
-    level_db = 10 * np.log10(np.maximum(power, 1e-24))
-    sound = np.flatnonzero((level_db > floor_db) & (level_db > level_db.max() - below_loudest_db))
-    if len(sound) == 0:
-        return 0, len(y)
+    # The same test that picks voting windows, on 20 ms frames.
+    sound = np.flatnonzero(speech_mask(y[: frames * n].reshape(frames, n), floor_db=floor_db, below_loudest_db=below_loudest_db))
     margin = int(round(margin_s * sr))
     return max(0, int(sound[0]) * n - margin), min(len(y), (int(sound[-1]) + 1) * n + margin)
