@@ -32,11 +32,12 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.audio import load_audio
+from classifier.audio import load_audio, split_windows
 from classifier.model import load_checkpoint
 from classifier.pipeline import Classifier
 from training.metrics import balanced_accuracy_at
 from training.sources import read_source
+from short_clips import cut  # this folder is on sys.path when a script runs
 
 
 @dataclass(frozen=True)
@@ -81,24 +82,9 @@ def loudest_start(y: np.ndarray, n: int) -> int:
 
 
 def excerpt(y: np.ndarray, sr: int, length_s: float) -> np.ndarray:
-    """The loudest ``length_s`` of ``y`` with 50 ms Hann fades, as a copy."""
-    n = int(round(length_s * sr))
-    piece = y[loudest_start(y, n) :][:n].astype(np.float32)
-    fade = min(int(0.05 * sr), len(piece) // 2)
-    ramp = np.hanning(2 * fade).astype(np.float32)
-    piece[:fade] *= ramp[:fade]
-    piece[len(piece) - fade :] *= ramp[fade:]
-    return piece
-
-
-def centred_in_silence(y: np.ndarray, n: int) -> np.ndarray:
-    """``y`` in the middle of ``n`` samples of zeros (``y`` itself when it is that long already)."""
-    if len(y) >= n:
-        return y
-    out = np.zeros(n, dtype=np.float32)
-    start = (n - len(y)) // 2
-    out[start : start + len(y)] = y
-    return out
+    """The loudest ``length_s`` of ``y`` with 50 ms Hann fades, as a copy (the whole clip when it is shorter)."""
+    n = min(int(round(length_s * sr)), len(y))
+    return cut(y, loudest_start(y, n), n, fade=min(int(0.05 * sr), n // 2))
 
 
 def store(y: np.ndarray, sr: int, storage: Storage, path_stem: Path) -> Path:
@@ -159,7 +145,9 @@ def main() -> None:
         if args.excerpt:
             y = excerpt(y, sr, args.excerpt)
             if args.pad_to:
-                y = centred_in_silence(y, int(round(args.pad_to * sr)))
+                # Centred in silence as the product pads a short clip (split_windows' "zeros" fill).
+                n = max(int(round(args.pad_to * sr)), len(y))
+                y = split_windows(y, window=n, hop=n, fill="zeros")[0]
         originals.append((y, sr))
     storages = [s for s in STORAGES if not args.only or s.name in args.only]
     groups: dict[tuple[str, str], list[int]] = {}
