@@ -88,6 +88,11 @@ class Calibration:
     def p_female(self, log_odds: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.scale * log_odds + self.bias)
 
+    @property
+    def threshold_log_odds(self) -> float:
+        """The raw log-odds at which p_female is 0.5: where the verdict turns."""
+        return -self.bias / self.scale
+
 
 @dataclass
 class ModelBundle:

@@ -57,7 +57,7 @@ def main() -> None:
                 sel = np.concatenate([rng.choice(p, min(n, len(p)), replace=False) for p in pools])
                 cal = fit_bias(z[sel], is_female[sel], speaker_balanced_weights(list(speaker[sel]), is_female[sel]), scale=1.0)
                 rest = ~np.isin(speaker, chosen)
-                rows.append([balanced_accuracy_at(z[rest], is_female[rest], t) for t in (-cal.bias / cal.scale, 0.0, args.fixed)])
+                rows.append([balanced_accuracy_at(z[rest], is_female[rest], t) for t in (cal.threshold_log_odds, 0.0, args.fixed)])
             r = np.array(rows)
             print(
                 f"{k} {'woman' if k == 1 else 'women'} + {k} {'man' if k == 1 else 'men'}, {n} clips each: calibrated {r[:, 0].mean():.3f} (10th percentile {np.percentile(r[:, 0], 10):.3f}); "

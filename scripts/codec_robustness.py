@@ -50,7 +50,7 @@ def main() -> None:
     val = [i for i in val if waves[i] is not None]
     codecs = [c for c in available_codecs() if not args.codec or c.name in args.codec]
     # Raw log-odds -> calibrated: the model's shipped threshold is where p_female crosses 0.5.
-    threshold = -bundle.calibration.bias / bundle.calibration.scale
+    threshold = bundle.calibration.threshold_log_odds
     rows = {}
     for name, coder in [("as recorded", None), *[(c.name, c) for c in codecs]]:
         coded = waves if coder is None else {i: round_trip(waves[i], sr, coder) for i in val}

@@ -134,7 +134,7 @@ def main() -> None:
     clips = read_source(args.manifest)
     val = [i for i in json.loads(args.split.read_text())["val"] if not args.corpus or clips[i].corpus in args.corpus]
     is_female = np.array([clips[i].gender == "female" for i in val])
-    threshold = -bundle.calibration.bias / bundle.calibration.scale
+    threshold = bundle.calibration.threshold_log_odds
     print(f"{bundle.version}: {len(val)} clips ({int(is_female.sum())} of women), threshold {threshold:+.2f}, {'excerpts of %g s' % args.excerpt if args.excerpt else 'whole clips'}{' in %g s of silence' % args.pad_to if args.pad_to else ''}")
 
     # "as recorded": the file itself, or its excerpt as float WAV at the file's own rate (no rounding).

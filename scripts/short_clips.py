@@ -141,7 +141,7 @@ def main() -> None:
     if args.fill:
         bundle = with_fill(bundle, args.fill)
     cal = bundle.calibration
-    threshold = args.threshold if args.threshold is not None else -cal.bias / cal.scale
+    threshold = args.threshold if args.threshold is not None else cal.threshold_log_odds
     sr = bundle.features.sample_rate
     clips = read_source(args.manifest)
     waves = load_waveforms(clips, sr=sr, cache_dir=args.cache_dir)
@@ -178,7 +178,7 @@ def main() -> None:
         other = with_fill(other, args.fill) if args.fill else other
         if other.features.sample_rate != sr:
             sys.exit(f"{args.against_model} reads {other.features.sample_rate} Hz audio, {args.model} {sr} Hz: the excerpts would differ")
-        t_other = -other.calibration.bias / other.calibration.scale
+        t_other = other.calibration.threshold_log_odds
         z_other, _ = file_log_odds(other, ex_clips, ex_waves, list(range(len(ex_clips))))
         report(f"{other.version}", z_other, fem, [(c.corpus, c.gender) for c in ex_clips], t_other)
         delta, lo, hi = paired_bootstrap(z, z_other, fem, [(c.corpus, c.speaker) for c in ex_clips], threshold, threshold_other=t_other)

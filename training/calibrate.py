@@ -72,7 +72,7 @@ def _scores(calibration: Calibration, log_odds: np.ndarray, is_female: np.ndarra
         # Under speaker-balanced weights (sum 1) the weighted accuracy is the speaker-balanced one.
         "speaker_balanced_accuracy": float(weights @ right),
         "ece": expected_calibration_error(p, is_female, weights=weights),
-        "threshold_log_odds": float(-calibration.bias / calibration.scale),
+        "threshold_log_odds": calibration.threshold_log_odds,
     }
 
 

@@ -1,6 +1,7 @@
 """Recalibration on raw log-odds: the bias-only Platt fit, the weighted AUC, the new bundle, and what is refused."""
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from classifier.errors import InvalidDataset
@@ -24,7 +25,8 @@ def test_separable_clips_give_a_finite_bias_where_a_free_scale_runs_off():
     y = np.array([False, False, False, True, True, True])
     w = np.ones(len(z))
     cal = fit_bias(z, y, w, scale=1.5)
-    threshold = -cal.bias / cal.scale
+    threshold = cal.threshold_log_odds
+    assert float(cal.p_female(torch.tensor(threshold))) == pytest.approx(0.5)
     assert -3.0 < threshold < -0.6  # finite, within the clips' range, far below the old 0
     assert np.mean((z >= threshold) == y) >= 5 / 6
     assert abs(fit_platt(z, y, w).scale) > 10 * abs(cal.scale)  # why the scale is held by default
