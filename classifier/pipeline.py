@@ -51,6 +51,7 @@ class PreparedClip:
     # The same windows filled another way, each (n_voting, width): a short clip
     # under a two-way fill ("trim+loop"). A window's log-odds are the mean over its views.
     views: tuple[np.ndarray, ...] = ()
+    wideband: bool | None = None  # the file's band test (Recording.wideband), which picked the fill
 
 
 def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband: bool | None = None) -> PreparedClip:
@@ -72,7 +73,7 @@ def prepare_waveform(path: str, y: np.ndarray, bundle: ModelBundle, *, wideband:
     keep = speech_mask(windows)
     # A clip of one window or more is windowed the same under every fill: no second view to score.
     views = tuple(split_windows(y, window=cfg.window_samples, hop=cfg.hop_samples, fill=f)[keep] for f in others) if len(y) < cfg.window_samples else ()
-    return PreparedClip(path=path, duration_s=duration_s, windows=windows[keep], views=views)
+    return PreparedClip(path=path, duration_s=duration_s, windows=windows[keep], views=views, wideband=wideband)
 
 
 def prepare_file(path: str | os.PathLike, bundle: ModelBundle, *, max_duration_s: float = 1200.0) -> PreparedClip:

@@ -32,7 +32,7 @@ import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.audio import load_audio, split_windows
+from classifier.audio import split_windows
 from classifier.model import load_checkpoint
 from classifier.pipeline import Classifier
 from training.metrics import balanced_accuracy_at
@@ -103,15 +103,12 @@ def store(y: np.ndarray, sr: int, storage: Storage, path_stem: Path) -> Path:
     return path
 
 
-def score(classifier: Classifier, paths: list[Path]) -> tuple[np.ndarray, list[str | None]]:
-    """Log-odds (NaN where the file could not be used) and errors of ``paths`` through the product's classifier."""
-    results = classifier.classify_files(paths)
-    return np.array([np.nan if r.log_odds is None else r.log_odds for r in results]), [r.error for r in results]
-
-
-def wideband_count(paths: list[Path], bundle) -> int:
-    cfg = bundle.features
-    return sum(bool(load_audio(p, sr=cfg.sample_rate, min_samples=cfg.n_fft, band_probe_samples=cfg.band_probe_samples).wideband) for p in paths)
+def score(classifier: Classifier, paths: list[Path]) -> tuple[np.ndarray, list[str | None], int]:
+    """Log-odds (NaN where the file could not be used) and errors of ``paths`` through the product's classifier,
+    and how many files its band test took for wideband."""
+    wideband = []
+    results = classifier.classify_files(paths, on_prepared=lambda clip: wideband.append(bool(clip.wideband)))
+    return np.array([np.nan if r.log_odds is None else r.log_odds for r in results]), [r.error for r in results], sum(wideband)
 
 
 def main() -> None:
@@ -163,7 +160,7 @@ def main() -> None:
             paths = [Path(clips[i].path) for i in val]
         else:
             paths = [store(y, sr, storage, out / f"{k:05d}") for k, (y, sr) in enumerate(originals)]
-        z, errors = score(classifier, paths)
+        z, errors, wideband = score(classifier, paths)
         failed = [f"{p}: {e}" for p, e in zip(paths, errors) if e]
         ok = ~np.isnan(z)
         if base_z is None:
@@ -178,7 +175,7 @@ def main() -> None:
             "men_right": float(np.mean(z[ok & ~is_female] < threshold)),
             "verdicts_changed": flips,
             "max_abs_log_odds_change": float(np.max(np.abs(z[both] - base_z[both]))) if both.any() else None,
-            "wideband": wideband_count([p for p, e in zip(paths, errors) if not e], bundle),
+            "wideband": wideband,
             "accuracy_per_corpus": {
                 f"{c}/{g}": round(float(np.mean([(z[k] >= threshold) == is_female[k] for k in ks])), 3)
                 for (c, g), ks in sorted(groups.items())

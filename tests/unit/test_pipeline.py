@@ -56,10 +56,13 @@ def test_a_short_wideband_file_takes_the_wideband_fill(bundle, tmp_path):
     sf.write(tmp_path / "studio.wav", studio, 16_000, subtype="FLOAT")
     sf.write(tmp_path / "phone.wav", y8, SR, subtype="FLOAT")
     sf.write(tmp_path / "phone_at_16k.wav", soxr.resample(y8, SR, 16_000), 16_000, subtype="FLOAT")
-    assert prepare_file(tmp_path / "studio.wav", wide).windows.shape == (1, int(0.4 * SR))
+    studio_prepared = prepare_file(tmp_path / "studio.wav", wide)
+    assert studio_prepared.windows.shape == (1, int(0.4 * SR)) and studio_prepared.wideband is True
     for name in ("phone.wav", "phone_at_16k.wav"):
-        assert prepare_file(tmp_path / name, wide).windows.shape == (1, SR), name
-    assert prepare_file(tmp_path / "studio.wav", bundle).windows.shape == (1, SR)  # without the field: short_fill for all
+        phone_prepared = prepare_file(tmp_path / name, wide)
+        assert phone_prepared.windows.shape == (1, SR) and phone_prepared.wideband is False, name
+    plain = prepare_file(tmp_path / "studio.wav", bundle)
+    assert plain.windows.shape == (1, SR) and plain.wideband is None  # without the field: short_fill for all, no band probed
     studio_clip = Classifier(wide, explain=False).classify_files([tmp_path / "studio.wav"])[0]
     assert studio_clip.windows == 1 and studio_clip.error is None
 
