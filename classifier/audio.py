@@ -5,6 +5,8 @@ value, so one bad file in a batch becomes one readable per-file error.
 """
 from __future__ import annotations
 
+import functools
+import io
 import os
 import stat
 import struct
@@ -49,11 +51,20 @@ WIDEBAND_MIN_DB = -50.0
 # sound there is the recording's. 8-bit, mu-law/A-law and ADPCM rounding is
 # white (8 kHz telephone clips upsampled to 16-44 kHz and stored so read -56 to
 # -19 dB above 4 kHz, as loud as studio speech), and Opus fills empty bands
-# with folded noise (up to -34 dB at 48 kHz); in those the band cannot be told.
+# with folded noise (up to -34 dB at 48 kHz). In ADPCM and Opus the band cannot
+# be told; in the formats below, only from sound well above their rounding.
 BAND_FAITHFUL_SUBTYPES = frozenset({
     "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32",
     "VORBIS", "MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III",
 })
+# Sample formats with a fixed set of 256 levels: their rounding noise is white
+# at a level the decoded samples tell (each sample's step between levels), so
+# sound well above it in the band is the recording's. Upsampled telephone clips
+# read -8 to +4 dB over it (mu-law; 8-bit -1.6 to +0.4), and TPDF dither would
+# add 4.8 dB; studio speech's 0.6 s excerpts read a median 14 dB (mu-law) and
+# 4.7 dB (8-bit: quieter clips drown). ADPCM's steps adapt, so it has no such level.
+QUANTIZED_SUBTYPES = frozenset({"PCM_U8", "PCM_S8", "ULAW", "ALAW"})
+BAND_OVER_ROUNDING_MIN_DB = 10.0
 # -80 dBFS: below 16-bit dither, nothing a microphone records is that quiet.
 SILENCE_PEAK = 1e-4
 # Decoded this many frames at a time and mixed to mono as they come, so a
@@ -78,7 +89,8 @@ class Recording:
     # Whether the file carried sound above ``sr``'s band before resampling (studio
     # audio, unlike telephone audio, even when that was stored at a higher rate);
     # None when not measured (``load_audio``'s ``band_probe_samples``) or when the
-    # file's sample format adds noise of its own there (``BAND_FAITHFUL_SUBTYPES``).
+    # file's sample format adds noise of its own there that cannot be told from
+    # sound (``BAND_FAITHFUL_SUBTYPES``, ``QUANTIZED_SUBTYPES``).
     wideband: bool | None = None
 
 
@@ -192,6 +204,11 @@ def load_audio(
             wideband = False  # nothing above the band was stored
         elif subtype in BAND_FAITHFUL_SUBTYPES:
             wideband = energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
+        elif subtype in QUANTIZED_SUBTYPES:
+            wideband = (
+                energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
+                and band_over_rounding_db(native, snd.samplerate, sr / 2, subtype) >= BAND_OVER_ROUNDING_MIN_DB
+            )
     return Recording(y=y, sr=int(sr), source_sr=snd.samplerate, duration_s=len(y) / sr, wideband=wideband)
 
 
@@ -201,6 +218,34 @@ def energy_above_db(y: np.ndarray, sr: int, cut_hz: float) -> float:
     total = spectrum.sum()
     above = spectrum[np.fft.rfftfreq(len(y), 1.0 / sr) > cut_hz].sum()
     return float(10.0 * np.log10(above / total)) if above > 0 and total > 0 else float("-inf")
+
+
+def band_over_rounding_db(y: np.ndarray, sr: int, cut_hz: float, subtype: str) -> float:
+    """Energy of ``y`` above ``cut_hz`` over what ``subtype``'s rounding alone puts there, in dB.
+
+    Rounding to levels a step apart adds white noise of variance step**2 / 12;
+    each sample's step is read from the format's levels around its value. A
+    mix of channels gets at most one channel's noise, the bound used here.
+    """
+    levels = quantizer_levels(subtype)
+    i = np.clip(np.searchsorted(levels, y), 1, len(levels) - 2)
+    noise_var = float(np.mean(((levels[i + 1] - levels[i - 1]) / 2) ** 2 / 12))
+    window = np.hanning(len(y))
+    spectrum = np.abs(np.fft.rfft(y.astype(np.float64) * window)) ** 2
+    freqs = np.fft.rfftfreq(len(y), 1.0 / sr)
+    band = (freqs > cut_hz) & (freqs < sr / 2)
+    # White noise puts variance * sum(window**2) in every bin but DC and Nyquist.
+    expected = noise_var * float(np.sum(window**2)) * int(band.sum())
+    above = float(spectrum[band].sum())
+    return float(10.0 * np.log10(above / expected)) if above > 0 and expected > 0 else float("-inf")
+
+
+@functools.cache
+def quantizer_levels(subtype: str) -> np.ndarray:
+    """The sorted distinct values ``subtype``'s 256 codes decode to (as float32 samples in [-1, 1))."""
+    codes = io.BytesIO(bytes(range(256)))
+    y, _ = sf.read(codes, format="RAW", subtype=subtype, samplerate=8_000, channels=1, dtype="float32")
+    return np.unique(y).astype(np.float64)
 
 
 @contextmanager

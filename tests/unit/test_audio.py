@@ -13,12 +13,15 @@ from hypothesis import strategies as st
 
 from classifier.audio import (
     AUDIO_EXTENSIONS,
+    BAND_OVER_ROUNDING_MIN_DB,
     WIDEBAND_MIN_DB,
     Recording,
+    band_over_rounding_db,
     energy_above_db,
     find_audio_files,
     is_audio_path,
     load_audio,
+    quantizer_levels,
     speech_extent,
     speech_mask,
     split_windows,
@@ -189,11 +192,12 @@ def test_speech_extent_spans_the_first_to_the_last_loud_frame():
     assert speech_extent(y, sr, margin_s=0.0, below_loudest_db=5.0)[1] == 12_000
     assert speech_extent(word, sr) == (0, len(word)) and speech_extent(word[:100], sr) == (0, 100)
 
-@pytest.mark.parametrize("subtype", ["PCM_U8", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"])
-def test_telephone_audio_in_a_coarse_sample_format_is_not_taken_for_studio_audio(tmp_path, subtype):
+@pytest.mark.parametrize(("subtype", "told"), [("PCM_U8", False), ("ULAW", False), ("ALAW", False), ("IMA_ADPCM", None), ("MS_ADPCM", None)])
+def test_telephone_audio_in_a_coarse_sample_format_is_not_taken_for_studio_audio(tmp_path, subtype, told):
     """8 kHz audio stored at 16 kHz in 8-bit, mu-law, A-law or ADPCM samples carries their rounding noise
-    above 4 kHz, as loud as studio speech there: the band is left untold (None), so a short clip keeps the
-    model's own fill, as the same audio stored in 16-bit samples does."""
+    above 4 kHz, as loud as studio speech there. The fixed-level formats' band is read over their rounding
+    (False: nothing above it); ADPCM's is left untold (None). Either way a short clip keeps the model's own
+    fill, as the same audio stored in 16-bit samples does."""
     rng = np.random.default_rng(0)
     voice8 = _tone(4_000, 8_000, hz=200.0, amp=0.2) + 0.01 * rng.standard_normal(4_000).astype(np.float32)
     up = soxr.resample(voice8, 8_000, 16_000)
@@ -202,7 +206,33 @@ def test_telephone_audio_in_a_coarse_sample_format_is_not_taken_for_studio_audio
     coarse, _ = sf.read(tmp_path / "coarse.wav", dtype="float32")
     assert energy_above_db(coarse, 16_000, 4_000.0) >= WIDEBAND_MIN_DB  # its own noise passes the level test
     assert load_audio(tmp_path / "phone16.wav", sr=8_000, band_probe_samples=8_000).wideband is False
-    assert load_audio(tmp_path / "coarse.wav", sr=8_000, band_probe_samples=8_000).wideband is None
+    assert load_audio(tmp_path / "coarse.wav", sr=8_000, band_probe_samples=8_000).wideband is told
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "ULAW", "ALAW"])
+def test_studio_audio_in_a_fixed_level_format_reads_wideband_above_its_rounding(tmp_path, subtype):
+    """Sound above 4 kHz well over the format's own rounding noise is the recording's: wideband. The rounding
+    alone reads about 0 dB over its expected level, TPDF-dithered 8-bit about +5 dB: both stay below the 10 dB margin."""
+    rng = np.random.default_rng(2)
+    voice = _tone(8_000, 16_000, hz=200.0, amp=0.2)
+    studio = voice + 0.02 * rng.standard_normal(8_000).astype(np.float32)  # a fricative's band, to 8 kHz
+    sf.write(tmp_path / "studio.wav", studio, 16_000, subtype=subtype)
+    assert load_audio(tmp_path / "studio.wav", sr=8_000, band_probe_samples=8_000).wideband is True
+    sf.write(tmp_path / "adpcm.wav", studio, 16_000, subtype="IMA_ADPCM")
+    assert load_audio(tmp_path / "adpcm.wav", sr=8_000, band_probe_samples=8_000).wideband is None  # steps adapt: untold
+
+    phone = soxr.resample(_tone(4_000, 8_000, hz=200.0, amp=0.2) + 0.01 * rng.standard_normal(4_000).astype(np.float32), 8_000, 16_000)
+    sf.write(tmp_path / "phone.wav", phone, 16_000, subtype=subtype)
+    rounded, _ = sf.read(tmp_path / "phone.wav", dtype="float32")
+    assert abs(band_over_rounding_db(rounded, 16_000, 4_000.0, subtype)) < 3.0
+    if subtype == "PCM_U8":
+        step = 1 / 128
+        assert np.allclose(np.diff(quantizer_levels(subtype)), step)
+        dither = (rng.uniform(-step / 2, step / 2, len(phone)) + rng.uniform(-step / 2, step / 2, len(phone))).astype(np.float32)
+        sf.write(tmp_path / "dithered.wav", phone + dither, 16_000, subtype=subtype)
+        dithered, _ = sf.read(tmp_path / "dithered.wav", dtype="float32")
+        assert 3.0 < band_over_rounding_db(dithered, 16_000, 4_000.0, subtype) < BAND_OVER_ROUNDING_MIN_DB - 3.0
+        assert load_audio(tmp_path / "dithered.wav", sr=8_000, band_probe_samples=8_000).wideband is False
 
 
 def test_the_band_is_read_from_formats_that_keep_an_empty_band_empty_and_never_from_opus(tmp_path):
