@@ -54,21 +54,29 @@ def main() -> None:
     rows = {}
     for name, coder in [("as recorded", None), *[(c.name, c) for c in codecs]]:
         coded = waves if coder is None else {i: round_trip(waves[i], sr, coder) for i in val}
-        z, is_female = file_log_odds(bundle, clips, coded, val)
-        right = (z >= threshold) == is_female
-        rows[name] = {
-            "clips": len(z),
-            "balanced_accuracy": balanced_accuracy_at(z, is_female, threshold),
-            "women_right": float(right[is_female].mean()),
-            "men_right": float(right[~is_female].mean()),
-            "auc": weighted_auc(z, is_female, np.ones(len(z))),
-            # How far the codec moves the verdicts, even where none crosses the threshold.
-            "median_log_odds": {"female": float(np.median(z[is_female])), "male": float(np.median(z[~is_female]))},
-        }
-        r = rows[name]
-        print(f"{name:>12}: {r['clips']} clips, balanced accuracy {r['balanced_accuracy']:.3f} (women {r['women_right']:.3f}, men {r['men_right']:.3f}), AUC {r['auc']:.4f}", flush=True)
+        rows[name] = condition_row(bundle, clips, coded, val, threshold)
+        print_row(name, rows[name])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+
+
+def condition_row(bundle, clips, waves, val: list[int], threshold: float) -> dict:
+    """The figures of one condition: ``val``'s clips as ``waves`` holds them, scored at ``threshold`` (raw log-odds)."""
+    z, is_female = file_log_odds(bundle, clips, waves, val)
+    right = (z >= threshold) == is_female
+    return {
+        "clips": len(z),
+        "balanced_accuracy": balanced_accuracy_at(z, is_female, threshold),
+        "women_right": float(right[is_female].mean()),
+        "men_right": float(right[~is_female].mean()),
+        "auc": weighted_auc(z, is_female, np.ones(len(z))),
+        # How far the condition moves the verdicts, even where none crosses the threshold.
+        "median_log_odds": {"female": float(np.median(z[is_female])), "male": float(np.median(z[~is_female]))},
+    }
+
+
+def print_row(name: str, r: dict) -> None:
+    print(f"{name:>12}: {r['clips']} clips, balanced accuracy {r['balanced_accuracy']:.3f} (women {r['women_right']:.3f}, men {r['men_right']:.3f}), AUC {r['auc']:.4f}", flush=True)
 
 
 if __name__ == "__main__":

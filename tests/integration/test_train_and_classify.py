@@ -121,13 +121,16 @@ def test_a_killed_training_goes_on_from_its_saved_state(synthetic_audiomnist, tm
     assert json.loads((out / "metrics.json").read_text())["learning_curve"][-1]["step"] == 12
 
 
-def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
-    """scripts/holdout_report.py and scripts/codec_robustness.py on a real run, so the commands of models/EXPERIMENTS.md and the model card keep working."""
-    n_val = len(json.loads((trained_run / "split.json").read_text())["val"])
+def test_the_hold_out_codec_and_noise_scripts_score_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
+    """scripts/holdout_report.py, codec_robustness.py and noise_robustness.py on a real run, so the commands of
+    models/EXPERIMENTS.md and the model card keep working."""
+    split = json.loads((trained_run / "split.json").read_text())
+    n_val = len(split["val"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for script, args in (
         ("holdout_report.py", [str(trained_run), str(synthetic_audiomnist)]),
         ("codec_robustness.py", [str(trained_run / "model.pt"), str(trained_run / "split.json"), str(synthetic_audiomnist), "--codec", "gsm", "--codec", "opus"]),
+        ("noise_robustness.py", [str(trained_run / "model.pt"), str(trained_run / "split.json"), str(synthetic_audiomnist), "--kind", "brown", "--kind", "babble", "--snr", "0"]),
     ):
         proc = subprocess.run([sys.executable, f"scripts/{script}", *args, "--json", str(tmp_path / f"{script}.json")], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,6 +155,14 @@ def test_the_hold_out_and_codec_scripts_score_a_runs_validation_clips(trained_ru
     assert list(coded) == ["as recorded", "gsm", "opus"] and {r["clips"] for r in coded.values()} == {n_val}
     # The codec reached the model: its log-odds move (a tiny model on synthetic voices may stay right on every clip).
     assert coded["gsm"]["median_log_odds"] != coded["as recorded"]["median_log_odds"]
+    noise = json.loads((tmp_path / "noise_robustness.py.json").read_text())
+    conditions = noise["conditions"]
+    assert list(conditions) == ["as recorded", "brown 0 dB", "babble 0 dB"] and {r["clips"] for r in conditions.values()} == {n_val}
+    assert conditions["as recorded"]["balanced_accuracy"] == coded["as recorded"]["balanced_accuracy"]
+    assert all(conditions[c]["median_log_odds"] != conditions["as recorded"]["median_log_odds"] for c in ("brown 0 dB", "babble 0 dB"))
+    # The babble's six voices are training speakers, three of each gender: never a validation speaker.
+    talkers = noise["babble_talkers"]
+    assert len(set(talkers)) == 6 and set(talkers) <= set(split["train_speakers"]) and not set(talkers) & set(split["val_speakers"])
 
 
 def test_the_calibration_transfer_script_scores_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
