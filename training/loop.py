@@ -19,6 +19,7 @@ from classifier.features import FeatureConfig, compute_features
 from classifier.model import Calibration, GenderResNet, ModelBundle, build_model, load_checkpoint, save_checkpoint
 from classifier.pipeline import Classifier, prepare_waveform
 from training.averaging import TailAverage
+from training.babble import add_babble
 from training.bandmix import mix_band_statistics
 from training.codecs import available_codecs
 from training.data import BalancedCropSampler, augment_channel, load_waveforms, wideband_clips
@@ -54,6 +55,7 @@ class TrainConfig:
     speed_max: float = 1.1
     spec_mask_prob: float = 0.0  # share of crops with random bands and stretches of their features hidden (training/masking.py)
     band_mix_prob: float = 0.0  # share of crops given another crop's per-band level and spread, mixed (training/bandmix.py)
+    babble_prob: float = 0.0  # share of crops with three other crops of the batch mixed in 5-25 dB below them (training/babble.py)
     low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
     codec_prob: float = 0.0  # share of crops coded and decoded by a real speech codec: GSM, ADPCM, A-law, Opus, MP3 (training/codecs.py)
     # With short_fill "trim" (short clips scored at their own length): the share of batches
@@ -87,6 +89,8 @@ def measure_standardization(sampler: BalancedCropSampler, features: FeatureConfi
 
 def training_features(model, crops: torch.Tensor, cfg: TrainConfig, features: FeatureConfig, gen) -> torch.Tensor:
     """A batch of crops as the model trains on it: channel-augmented, featurised, band-mixed, masked."""
+    if cfg.augment and cfg.babble_prob > 0:  # before the channel: one room, one microphone; no draws when off
+        crops = add_babble(crops, prob=cfg.babble_prob, generator=gen)
     if cfg.augment:
         crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
@@ -175,6 +179,8 @@ def train_split(
         raise ValueError(f"speed_max must be at least 1, got {cfg.speed_max}")
     if not 0 <= cfg.band_mix_prob <= 1:
         raise ValueError(f"band_mix_prob must be in [0, 1], got {cfg.band_mix_prob}")
+    if not 0 <= cfg.babble_prob <= 1:
+        raise ValueError(f"babble_prob must be in [0, 1], got {cfg.babble_prob}")
     if not 0 <= cfg.codec_prob <= 1:
         raise ValueError(f"codec_prob must be in [0, 1], got {cfg.codec_prob}")
     if cfg.codec_prob > 0 and not available_codecs():
