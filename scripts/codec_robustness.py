@@ -31,23 +31,12 @@ from training.sources import read_source
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path)
-    ap.add_argument("split", type=Path, help="a run's split.json: its val clips are scored")
-    ap.add_argument("manifest", type=Path)
-    ap.add_argument("--corpus", action="append", default=None, help="only these corpora's clips (default: all)")
+    add_run_arguments(ap, split_help="a run's split.json: its val clips are scored")
     ap.add_argument("--codec", action="append", default=None, help="only these codecs (default: all of training/codecs.py)")
-    ap.add_argument("--cache-dir", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    bundle = load_checkpoint(args.model)
-    clips = read_source(args.manifest)
-    val = json.loads(args.split.read_text())["val"]
-    if args.corpus:
-        val = [i for i in val if clips[i].corpus in args.corpus]
+    bundle, clips, _, val, waves = validation_clips(args)
     sr = bundle.features.sample_rate
-    waves = load_waveforms(clips, sr=sr, cache_dir=args.cache_dir)
-    val = [i for i in val if waves[i] is not None]
     codecs = [c for c in available_codecs() if not args.codec or c.name in args.codec]
     # Raw log-odds -> calibrated: the model's shipped threshold is where p_female crosses 0.5.
     threshold = bundle.calibration.threshold_log_odds
@@ -58,6 +47,26 @@ def main() -> None:
         print_row(name, rows[name])
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
+
+
+def add_run_arguments(ap: argparse.ArgumentParser, *, split_help: str) -> None:
+    """MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--cache-dir DIR] [--json FILE]: what every condition script reads."""
+    ap.add_argument("model", type=Path)
+    ap.add_argument("split", type=Path, help=split_help)
+    ap.add_argument("manifest", type=Path)
+    ap.add_argument("--corpus", action="append", default=None, help="only these corpora's clips (default: all)")
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+
+def validation_clips(args: argparse.Namespace) -> tuple:
+    """The model, every clip, the split, the validation clips that decoded (``--corpus``'s only), and the waveforms at the model's rate."""
+    bundle = load_checkpoint(args.model)
+    clips = read_source(args.manifest)
+    split = json.loads(args.split.read_text())
+    waves = load_waveforms(clips, sr=bundle.features.sample_rate, cache_dir=args.cache_dir)
+    val = [i for i in split["val"] if (not args.corpus or clips[i].corpus in args.corpus) and waves[i] is not None]
+    return bundle, clips, split, val, waves
 
 
 def condition_row(bundle, clips, waves, val: list[int], threshold: float) -> dict:

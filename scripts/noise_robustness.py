@@ -32,10 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import load_checkpoint
-from training.data import load_waveforms
-from training.sources import read_source
-from codec_robustness import condition_row, print_row  # this folder is on sys.path when a script runs
+from codec_robustness import add_run_arguments, condition_row, print_row, validation_clips  # this folder is on sys.path when a script runs
 
 KINDS = ("white", "pink", "brown", "babble")
 # Power falls as f**-slope: 1 is 3 dB per octave, 2 is 6.
@@ -98,23 +95,13 @@ def noisy(y: np.ndarray, sr: int, kind: str, snr_db: float, rng: np.random.Gener
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path)
-    ap.add_argument("split", type=Path, help="a run's split.json: its val clips are scored, its train speakers make the babble")
-    ap.add_argument("manifest", type=Path)
+    add_run_arguments(ap, split_help="a run's split.json: its val clips are scored, its train speakers make the babble")
     ap.add_argument("--kind", action="append", choices=KINDS, default=None, help="only these kinds of noise (default: all)")
     ap.add_argument("--snr", action="append", type=float, default=None, help="signal-to-noise ratios in dB (default: 20, 10, 5)")
-    ap.add_argument("--corpus", action="append", default=None, help="only these corpora's clips (default: all)")
-    ap.add_argument("--cache-dir", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args()
 
-    bundle = load_checkpoint(args.model)
-    clips = read_source(args.manifest)
-    split = json.loads(args.split.read_text())
-    val = [i for i in split["val"] if not args.corpus or clips[i].corpus in args.corpus]
+    bundle, clips, split, val, waves = validation_clips(args)
     sr = bundle.features.sample_rate
-    waves = load_waveforms(clips, sr=sr, cache_dir=args.cache_dir)
-    val = [i for i in val if waves[i] is not None]
     kinds = args.kind or list(KINDS)
     snrs = args.snr or [20.0, 10.0, 5.0]
     babble = None
