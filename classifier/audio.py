@@ -61,7 +61,7 @@ BAND_FAITHFUL_SUBTYPES = frozenset({
 # at a level the decoded samples tell (each sample's step between levels), so
 # sound well above it in the band is the recording's. Upsampled telephone clips
 # read -8 to +4 dB over it (mu-law; 8-bit -1.6 to +0.4), and TPDF dither would
-# add 4.8 dB; studio speech's 0.6 s excerpts read a median 14 dB (mu-law) and
+# add 4.8-6.3 dB; studio speech's 0.6 s excerpts read a median 14 dB (mu-law) and
 # 4.7 dB (8-bit: quieter clips drown). ADPCM's steps adapt, so it has no such level.
 QUANTIZED_SUBTYPES = frozenset({"PCM_U8", "PCM_S8", "ULAW", "ALAW"})
 BAND_OVER_ROUNDING_MIN_DB = 10.0
