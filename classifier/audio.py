@@ -205,19 +205,17 @@ def load_audio(
         elif subtype in BAND_FAITHFUL_SUBTYPES:
             wideband = energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
         elif subtype in QUANTIZED_SUBTYPES:
+            power = _WindowedPower.of(native, snd.samplerate)  # one FFT for both readings
             wideband = (
-                energy_above_db(native, snd.samplerate, sr / 2) >= WIDEBAND_MIN_DB
-                and band_over_rounding_db(native, snd.samplerate, sr / 2, subtype) >= BAND_OVER_ROUNDING_MIN_DB
+                power.above_db(sr / 2) >= WIDEBAND_MIN_DB
+                and power.over_rounding_db(native, sr / 2, subtype) >= BAND_OVER_ROUNDING_MIN_DB
             )
     return Recording(y=y, sr=int(sr), source_sr=snd.samplerate, duration_s=len(y) / sr, wideband=wideband)
 
 
 def energy_above_db(y: np.ndarray, sr: int, cut_hz: float) -> float:
     """Energy of ``y`` above ``cut_hz`` relative to all of it, in dB (-inf when there is none above)."""
-    spectrum = np.abs(np.fft.rfft(y.astype(np.float64) * np.hanning(len(y)))) ** 2
-    total = spectrum.sum()
-    above = spectrum[np.fft.rfftfreq(len(y), 1.0 / sr) > cut_hz].sum()
-    return float(10.0 * np.log10(above / total)) if above > 0 and total > 0 else float("-inf")
+    return _WindowedPower.of(y, sr).above_db(cut_hz)
 
 
 def band_over_rounding_db(y: np.ndarray, sr: int, cut_hz: float, subtype: str) -> float:
@@ -227,17 +225,38 @@ def band_over_rounding_db(y: np.ndarray, sr: int, cut_hz: float, subtype: str) -
     each sample's step is read from the format's levels around its value. A
     mix of channels gets at most one channel's noise, the bound used here.
     """
-    levels = quantizer_levels(subtype)
-    i = np.clip(np.searchsorted(levels, y), 1, len(levels) - 2)
-    noise_var = float(np.mean(((levels[i + 1] - levels[i - 1]) / 2) ** 2 / 12))
-    window = np.hanning(len(y))
-    spectrum = np.abs(np.fft.rfft(y.astype(np.float64) * window)) ** 2
-    freqs = np.fft.rfftfreq(len(y), 1.0 / sr)
-    band = (freqs > cut_hz) & (freqs < sr / 2)
-    # White noise puts variance * sum(window**2) in every bin but DC and Nyquist.
-    expected = noise_var * float(np.sum(window**2)) * int(band.sum())
-    above = float(spectrum[band].sum())
-    return float(10.0 * np.log10(above / expected)) if above > 0 and expected > 0 else float("-inf")
+    return _WindowedPower.of(y, sr).over_rounding_db(y, cut_hz, subtype)
+
+
+@dataclass(frozen=True)
+class _WindowedPower:
+    """The Hann-windowed power spectrum of a whole clip, read both ways above."""
+
+    spectrum: np.ndarray
+    freqs: np.ndarray
+    window_energy: float  # sum(window**2)
+    sr: int
+
+    @classmethod
+    def of(cls, y: np.ndarray, sr: int) -> "_WindowedPower":
+        window = np.hanning(len(y))
+        spectrum = np.abs(np.fft.rfft(y.astype(np.float64) * window)) ** 2
+        return cls(spectrum, np.fft.rfftfreq(len(y), 1.0 / sr), float(np.sum(window**2)), sr)
+
+    def above_db(self, cut_hz: float) -> float:
+        total = self.spectrum.sum()
+        above = self.spectrum[self.freqs > cut_hz].sum()
+        return float(10.0 * np.log10(above / total)) if above > 0 and total > 0 else float("-inf")
+
+    def over_rounding_db(self, y: np.ndarray, cut_hz: float, subtype: str) -> float:
+        levels = quantizer_levels(subtype)
+        i = np.clip(np.searchsorted(levels, y), 1, len(levels) - 2)
+        noise_var = float(np.mean(((levels[i + 1] - levels[i - 1]) / 2) ** 2 / 12))
+        band = (self.freqs > cut_hz) & (self.freqs < self.sr / 2)
+        # White noise puts variance * sum(window**2) in every bin but DC and Nyquist.
+        expected = noise_var * self.window_energy * int(band.sum())
+        above = float(self.spectrum[band].sum())
+        return float(10.0 * np.log10(above / expected)) if above > 0 and expected > 0 else float("-inf")
 
 
 @functools.cache
