@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from classifier.audio import speech_mask
 from codec_robustness import add_run_arguments, condition_row, print_row, validation_clips  # this folder is on sys.path when a script runs
 
 KINDS = ("white", "pink", "brown", "babble")
@@ -46,8 +47,9 @@ def active_power(y: np.ndarray, sr: int, *, frame_s: float = 0.02, below_loudest
     """Mean power of the 20 ms frames within ``below_loudest_db`` of the loudest: a speech level that pauses do not lower."""
     n = max(1, int(frame_s * sr))
     frames = y[: len(y) // n * n].reshape(-1, n) if len(y) >= n else y[None, :]
-    power = np.mean(np.square(frames, dtype=np.float64), axis=1)
-    return float(np.mean(power[power >= power.max() * 10 ** (-below_loudest_db / 10)]))
+    # The product's own test of which frames hold sound, here with no absolute floor: the level is relative.
+    sound = speech_mask(frames, floor_db=float("-inf"), below_loudest_db=below_loudest_db)
+    return float(np.mean(np.square(frames[sound], dtype=np.float64)))
 
 
 def coloured_noise(n: int, sr: int, slope: float, rng: np.random.Generator) -> np.ndarray:
@@ -104,7 +106,7 @@ def main() -> None:
     sr = bundle.features.sample_rate
     kinds = args.kind or list(KINDS)
     snrs = args.snr or [20.0, 10.0, 5.0]
-    babble = None
+    babble, talkers = None, []
     if "babble" in kinds:
         babble, talkers = babble_track(clips, waves, split["train"], sr)
         print(f"babble: {', '.join(talkers)}", flush=True)
@@ -118,7 +120,7 @@ def main() -> None:
             rows[name] = condition_row(bundle, clips, heard, val, threshold)
             print_row(name, rows[name])
     if args.json:
-        args.json.write_text(json.dumps({"model": bundle.version, "threshold": threshold, "babble_talkers": talkers if babble is not None else [], "conditions": rows}, indent=2))
+        args.json.write_text(json.dumps({"model": bundle.version, "threshold": threshold, "babble_talkers": talkers, "conditions": rows}, indent=2))
 
 
 if __name__ == "__main__":
