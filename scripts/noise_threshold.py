@@ -47,9 +47,18 @@ KNEES = np.arange(5.0, 36.0, 1.0)
 SLOPES_PER_DB = np.arange(0.0, 0.61, 0.02)
 
 
-def _frame_power(y: np.ndarray, sr: int) -> np.ndarray:
-    _, _, spec = signal.stft(np.asarray(y, np.float64), fs=sr, window="hann", nperseg=N_FFT, noverlap=3 * N_FFT // 4, boundary="even", padded=True)
-    return np.abs(spec) ** 2  # (bins, frames)
+def _stft(y: np.ndarray, sr: int) -> np.ndarray:
+    return signal.stft(np.asarray(y, np.float64), fs=sr, window="hann", nperseg=N_FFT, noverlap=3 * N_FFT // 4, boundary="even", padded=True)[2]
+
+
+def _quiet_frames(energy: np.ndarray) -> np.ndarray:
+    """Indices of the quietest tenth of the frames (at least one): taken for the noise."""
+    return np.argsort(energy)[: max(1, round(QUIET_SHARE * len(energy)))]
+
+
+def _snr_db(energy: np.ndarray) -> float:
+    active = energy[energy >= energy.max() * 1e-3]
+    return float(10 * np.log10(active.mean() / max(energy[_quiet_frames(energy)].mean(), 1e-30)))
 
 
 def quiet_frames_snr_db(y: np.ndarray, sr: int) -> float:
@@ -57,10 +66,7 @@ def quiet_frames_snr_db(y: np.ndarray, sr: int) -> float:
 
     Pauses give the noise floor away; a clip with none reads lower than it is.
     """
-    energy = _frame_power(y, sr).sum(axis=0)
-    quiet = np.sort(energy)[: max(1, round(QUIET_SHARE * len(energy)))]
-    active = energy[energy >= energy.max() * 1e-3]
-    return float(10 * np.log10(active.mean() / max(quiet.mean(), 1e-30)))
+    return _snr_db((np.abs(_stft(y, sr)) ** 2).sum(axis=0))
 
 
 def subtract_noise(y: np.ndarray, sr: int, *, over: float = 2.0, floor_db: float = -15.0, above_db: float = 30.0) -> np.ndarray:
@@ -68,16 +74,16 @@ def subtract_noise(y: np.ndarray, sr: int, *, over: float = 2.0, floor_db: float
 
     Files estimated ``above_db`` or cleaner are returned as they are.
     """
-    y = np.asarray(y, np.float64)
-    if len(y) < N_FFT or quiet_frames_snr_db(y, sr) >= above_db:
-        return y.astype(np.float32)
-    kw = dict(fs=sr, window="hann", nperseg=N_FFT, noverlap=3 * N_FFT // 4)
-    _, _, spec = signal.stft(y, boundary="even", padded=True, **kw)
+    if len(y) < N_FFT:
+        return np.asarray(y, np.float32)
+    spec = _stft(y, sr)
     power = np.abs(spec) ** 2
     energy = power.sum(axis=0)
-    noise = power[:, np.argsort(energy)[: max(1, round(QUIET_SHARE * len(energy)))]].mean(axis=1)
+    if _snr_db(energy) >= above_db:
+        return np.asarray(y, np.float32)
+    noise = power[:, _quiet_frames(energy)].mean(axis=1)
     gain = np.maximum(1 - over * noise[:, None] / np.maximum(power, 1e-30), 10 ** (floor_db / 10))
-    _, out = signal.istft(spec * np.sqrt(gain), boundary=True, **kw)
+    _, out = signal.istft(spec * np.sqrt(gain), fs=sr, window="hann", nperseg=N_FFT, noverlap=3 * N_FFT // 4, boundary=True)
     return out[: len(y)].astype(np.float32)
 
 
