@@ -214,7 +214,9 @@ def wideband_clips(clips: list[LabelledClip], *, sr: int) -> list[bool]:
     return flags
 
 
-def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low_shelf_prob: float = 0.0, codec_prob: float = 0.0) -> torch.Tensor:
+def augment_channel(
+    y: torch.Tensor, *, sr: int, generator: torch.Generator, low_shelf_prob: float = 0.0, codec_prob: float = 0.0, coloured_noise_prob: float = 0.0
+) -> torch.Tensor:
     """Random channel so that channel carries no label (B, n) -> (B, n).
 
     Band limits (telephone low- and high-pass), a smooth random EQ tilt,
@@ -227,12 +229,18 @@ def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low
     (models/EXPERIMENTS.md, "Random low shelf"). With ``codec_prob``, that
     share of crops goes through a real speech codec (GSM, ADPCM, A-law, Opus,
     MP3; training/codecs.py), drawn uniformly, after the band and before the
-    noise, as a call codes what the microphone hears.
+    noise, as a call codes what the microphone hears. With
+    ``coloured_noise_prob``, that share of the noise is coloured, its power
+    falling as f**-s with s drawn from 0-2 (white to brown: hiss, much
+    environmental noise, rumble), as white noise alone leaves steady noise
+    pulling men toward "female" (models/EXPERIMENTS.md, "Background noise").
     """
     if not 0 <= low_shelf_prob <= 1:
         raise ValueError(f"low_shelf_prob must be in [0, 1], got {low_shelf_prob}")
     if not 0 <= codec_prob <= 1:
         raise ValueError(f"codec_prob must be in [0, 1], got {codec_prob}")
+    if not 0 <= coloured_noise_prob <= 1:
+        raise ValueError(f"coloured_noise_prob must be in [0, 1], got {coloured_noise_prob}")
     b, n = y.shape
     u = lambda: torch.rand(b, 1, generator=generator)  # noqa: E731
     spec = torch.fft.rfft(y, dim=-1)
@@ -257,10 +265,22 @@ def augment_channel(y: torch.Tensor, *, sr: int, generator: torch.Generator, low
         y = _code(y, sr=sr, prob=codec_prob, generator=generator)
     snr_db = 5 + 35 * u()
     noise = torch.randn(b, n, generator=generator)
+    if coloured_noise_prob > 0:  # no draws when off
+        noise = colour_noise(noise, sr=sr, slope=torch.where(u() < coloured_noise_prob, 2 * u(), torch.zeros(b, 1)))
     signal_power = y.square().mean(dim=-1, keepdim=True).clamp_min(1e-10)
     noise_scale = torch.sqrt(signal_power / 10 ** (snr_db / 10))
     y = y + torch.where(u() < 0.5, noise_scale, torch.zeros(b, 1)) * noise
     return y * 10 ** ((u() - 0.5) * 24 / 20)
+
+
+def colour_noise(noise: torch.Tensor, *, sr: int, slope: torch.Tensor, floor_hz: float = 20.0) -> torch.Tensor:
+    """White noise (B, n) reshaped so its power falls as f**-slope (slope (B, 1); 0 leaves it white), at unit mean power.
+
+    Below ``floor_hz`` the spectrum is flat, so no crop drifts near DC.
+    """
+    freqs = torch.fft.rfftfreq(noise.shape[-1], d=1 / sr)[None, :].clamp_min(floor_hz)
+    shaped = torch.fft.irfft(torch.fft.rfft(noise, dim=-1) * freqs ** (-slope / 2), n=noise.shape[-1], dim=-1)
+    return shaped / shaped.square().mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
 def _reverberate(y: torch.Tensor, *, sr: int, apply: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -57,6 +57,7 @@ class TrainConfig:
     band_mix_prob: float = 0.0  # share of crops given another crop's per-band level and spread, mixed (training/bandmix.py)
     babble_prob: float = 0.0  # share of crops with three other crops of the batch mixed in 5-25 dB below them (training/babble.py)
     low_shelf_prob: float = 0.0  # share of crops with the level below 150-500 Hz moved +-12 dB (training/data.py:augment_channel)
+    coloured_noise_prob: float = 0.0  # share of the noise added to crops that is coloured, white to brown (training/data.py:augment_channel)
     codec_prob: float = 0.0  # share of crops coded and decoded by a real speech codec: GSM, ADPCM, A-law, Opus, MP3 (training/codecs.py)
     # With short_fill "trim" (short clips scored at their own length): the share of batches
     # whose crops are narrower than the window, uniform from trim_min_width of it up to all of it.
@@ -92,7 +93,7 @@ def training_features(model, crops: torch.Tensor, cfg: TrainConfig, features: Fe
     if cfg.augment and cfg.babble_prob > 0:  # before the channel: one room, one microphone; no draws when off
         crops = add_babble(crops, prob=cfg.babble_prob, generator=gen)
     if cfg.augment:
-        crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob)
+        crops = augment_channel(crops, sr=features.sample_rate, generator=gen, low_shelf_prob=cfg.low_shelf_prob, codec_prob=cfg.codec_prob, coloured_noise_prob=cfg.coloured_noise_prob)
     feats = compute_features(crops, features).contiguous(memory_format=torch.contiguous_format)
     if cfg.augment and cfg.band_mix_prob > 0:  # before masking: a masked cell stays at its bin's mean
         feats = mix_band_statistics(feats, prob=cfg.band_mix_prob, generator=gen)
@@ -183,6 +184,8 @@ def train_split(
         raise ValueError(f"babble_prob must be in [0, 1], got {cfg.babble_prob}")
     if not 0 <= cfg.codec_prob <= 1:
         raise ValueError(f"codec_prob must be in [0, 1], got {cfg.codec_prob}")
+    if not 0 <= cfg.coloured_noise_prob <= 1:
+        raise ValueError(f"coloured_noise_prob must be in [0, 1], got {cfg.coloured_noise_prob}")
     if cfg.codec_prob > 0 and not available_codecs():
         raise ValueError("codec_prob needs a libsndfile that writes GSM, ADPCM, Opus or MP3; this one writes none (soundfile's own wheels do)")
     torch.manual_seed(cfg.seed)

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-perturb", type=float, default=0.0, metavar="P", help="share of training crops played up to 10%% faster or slower, F0 and formants moving together (speed perturbation; default 0; see models/MODEL_CARD.md)")
     p.add_argument("--band-mix", type=float, default=0.0, metavar="P", help="share of training crops given another crop's per-band level and spread over time, mixed in a random share (Freq-MixStyle; default 0; see models/MODEL_CARD.md)")
     p.add_argument("--babble", type=float, default=0.0, metavar="P", help="share of training crops with three other crops of the batch mixed in 5-25 dB below them, the label kept (default 0; see models/MODEL_CARD.md)")
+    p.add_argument("--coloured-noise", type=float, default=0.0, metavar="P", help="share of the noise added to training crops that is coloured, its power falling as f**-s with s drawn from 0-2 (white to brown; default 0: white only; see models/MODEL_CARD.md)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None, help="bf16 autocast or fp32; auto takes bf16 where the hardware computes it fast (default: VOICEGENDER_PRECISION, auto)")
     p.add_argument("--no-bf16", action="store_true", help="the same as --precision fp32")
     p.add_argument("--version", default=None, help="model version (default: a timestamp)")
@@ -162,7 +163,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.loop import TrainConfig
     from training.run import run_training
 
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, wideband_short_crop_prob=args.wideband_short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, band_mix_prob=args.band_mix, babble_prob=args.babble, speed_perturb_prob=args.speed_perturb, low_shelf_prob=args.low_shelf, codec_prob=args.codec, average_from=args.average_from, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, augment=not args.no_augment, short_crop_prob=args.short_crops, wideband_short_crop_prob=args.wideband_short_crops, pitch_shift_prob=args.pitch_shift, pitch_both_ways=args.pitch_both_ways, spec_mask_prob=args.spec_mask, band_mix_prob=args.band_mix, babble_prob=args.babble, speed_perturb_prob=args.speed_perturb, low_shelf_prob=args.low_shelf, codec_prob=args.codec, coloured_noise_prob=args.coloured_noise, average_from=args.average_from, bf16=use_bf16('fp32' if args.no_bf16 else args.precision or settings.precision), warmup_steps=args.warmup_steps)
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
     def progress_factory(name: str, total: int):

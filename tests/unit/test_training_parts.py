@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from classifier.errors import InvalidDataset
-from training.data import BalancedCropSampler, augment_channel, wideband_clips
+from training.data import BalancedCropSampler, augment_channel, colour_noise, wideband_clips
 from training.loop import fit_platt, lr_at, TrainConfig
 from training.metrics import balanced_accuracy_at, classification_metrics, expected_calibration_error, per_group_accuracy
 from training.sources import LabelledClip, read_source
@@ -246,6 +246,38 @@ def test_low_shelf_moves_the_lows_and_leaves_other_runs_as_they_were():
     assert raised_shelved > 0.12 and raised_shelved > 3 * raised_plain
     with pytest.raises(ValueError, match="low_shelf_prob"):
         augment_channel(y, sr=sr, generator=torch.Generator(), low_shelf_prob=1.5)
+
+
+@pytest.mark.parametrize("slope", [0.0, 1.0, 2.0])
+def test_coloured_noise_falls_3_db_per_octave_per_unit_of_slope(slope):
+    sr = 8000
+    noise = colour_noise(torch.randn(4, 10 * sr, generator=torch.Generator().manual_seed(0)), sr=sr, slope=torch.full((4, 1), slope))
+    assert noise.square().mean(dim=-1) == pytest.approx(torch.ones(4), rel=1e-4)
+    power, f = torch.fft.rfft(noise).abs().square().mean(0), torch.fft.rfftfreq(10 * sr, 1 / sr)
+    # 150 Hz against 2,400 Hz: four octaves, 12 dB per unit of slope.
+    drop_db = 10 * torch.log10(power[(f >= 100) & (f < 200)].mean() / power[(f >= 1600) & (f < 3200)].mean())
+    assert float(drop_db) == pytest.approx(12.0 * slope, abs=1.0)
+
+
+def test_coloured_noise_in_the_channel_moves_the_noise_to_the_lows_and_leaves_other_runs_as_they_were():
+    sr = 8000
+    # A 3.5 kHz tone: below 2.5 kHz there is only the noise.
+    y = (0.3 * torch.sin(2 * math.pi * 3500 * torch.arange(sr) / sr)).repeat(256, 1)
+
+    def lows_over_mids(z: torch.Tensor) -> torch.Tensor:
+        power, f = torch.fft.rfft(z).abs() ** 2, torch.fft.rfftfreq(sr, 1 / sr)
+        return power[:, f < 500].sum(1) / power[:, (f > 1000) & (f < 2500)].sum(1).clamp_min(1e-20)
+
+    plain = augment_channel(y, sr=sr, generator=torch.Generator().manual_seed(0))
+    off = augment_channel(y, sr=sr, generator=torch.Generator().manual_seed(0), coloured_noise_prob=0.0)
+    assert torch.equal(plain, off)  # off draws nothing: runs without it keep their batches
+    coloured = augment_channel(y, sr=sr, generator=torch.Generator().manual_seed(0), coloured_noise_prob=1.0)
+    assert torch.isfinite(coloured).all()
+    # White noise puts a third as much power below 500 Hz as at 1-2.5 kHz (tilted +-6 dB); brown 7 times as much.
+    assert (lows_over_mids(plain) > 2).float().mean() < 0.05
+    assert (lows_over_mids(coloured) > 2).float().mean() > 0.15
+    with pytest.raises(ValueError, match="coloured_noise_prob"):
+        augment_channel(y, sr=sr, generator=torch.Generator(), coloured_noise_prob=-0.1)
 
 
 def test_schedule_warms_up_then_decays():
