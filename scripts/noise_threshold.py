@@ -103,7 +103,7 @@ def fit_shift(conditions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
         clean = acc.pop("as recorded")
         return 0.5 * clean + 0.5 * float(np.mean(list(acc.values())))
 
-    # Ties go to the smaller shift: grid order is knee, then slope, both rising.
+    # Ties go to the smaller shift: the lower slope, then the lower knee.
     best = max(itertools.product(KNEES, SLOPES_PER_DB), key=lambda g: (score(*g), -g[1], -g[0]))
     return float(best[0]), float(best[1])
 
