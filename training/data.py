@@ -233,7 +233,9 @@ def augment_channel(
     ``coloured_noise_prob``, that share of the noise is coloured, its power
     falling as f**-s with s drawn from 0-2 (white to brown: hiss, much
     environmental noise, rumble), as white noise alone leaves steady noise
-    pulling men toward "female" (models/EXPERIMENTS.md, "Background noise").
+    pulling men toward "female". Off by default: on the digit hold-out it
+    moved telephone voices toward "female" without ranking them better
+    (models/EXPERIMENTS.md, "Coloured noise in training").
     """
     if not 0 <= low_shelf_prob <= 1:
         raise ValueError(f"low_shelf_prob must be in [0, 1], got {low_shelf_prob}")
