@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codec_robustness import add_run_arguments, condition_row, print_row, validation_clips  # this folder is on sys.path when a script runs
 from noise_robustness import SLOPES, noisy
 
-from training.data import load_waveforms
 from training.loop import file_log_odds, run_validation_log_odds
 from training.metrics import balanced_accuracy_at
 
@@ -163,8 +162,7 @@ def main() -> None:
     report.update(cross_fitted=rows, half_fits=fits, fit={"knee_db": knee, "slope": slope})
 
     # Real recordings: where the estimate falls on each corpus, and what the shift would do there.
-    all_waves = load_waveforms(clips, sr=sr, cache_dir=args.cache_dir)
-    estimates = {i: quiet_frames_snr_db(w, sr) for i, w in enumerate(all_waves) if w is not None}
+    estimates = {i: quiet_frames_snr_db(w, sr) for i, w in enumerate(waves) if w is not None}  # every clip: validation_clips decoded them all
     report["corpora"] = {}
     for corpus, gender in sorted({(c.corpus, c.gender) for c in clips}):
         e = np.array([estimates[i] for i, c in enumerate(clips) if c.corpus == corpus and c.gender == gender and i in estimates])
