@@ -46,8 +46,12 @@ KNEES = np.arange(5.0, 36.0, 1.0)
 SLOPES_PER_DB = np.arange(0.0, 0.61, 0.02)
 
 
+# One framing for the analysis and for the resynthesis of ``subtract_noise``.
+_FRAMING = {"window": "hann", "nperseg": N_FFT, "noverlap": 3 * N_FFT // 4}
+
+
 def _stft(y: np.ndarray, sr: int) -> np.ndarray:
-    return signal.stft(np.asarray(y, np.float64), fs=sr, window="hann", nperseg=N_FFT, noverlap=3 * N_FFT // 4, boundary="even", padded=True)[2]
+    return signal.stft(np.asarray(y, np.float64), fs=sr, boundary="even", padded=True, **_FRAMING)[2]
 
 
 def _quiet_frames(energy: np.ndarray) -> np.ndarray:
@@ -82,7 +86,7 @@ def subtract_noise(y: np.ndarray, sr: int, *, over: float = 2.0, floor_db: float
         return np.asarray(y, np.float32)
     noise = power[:, _quiet_frames(energy)].mean(axis=1)
     gain = np.maximum(1 - over * noise[:, None] / np.maximum(power, 1e-30), 10 ** (floor_db / 10))
-    _, out = signal.istft(spec * np.sqrt(gain), fs=sr, window="hann", nperseg=N_FFT, noverlap=3 * N_FFT // 4, boundary=True)
+    _, out = signal.istft(spec * np.sqrt(gain), fs=sr, boundary=True, **_FRAMING)
     return out[: len(y)].astype(np.float32)
 
 
@@ -166,7 +170,7 @@ def main() -> None:
     report["corpora"] = {}
     for corpus, gender in sorted({(c.corpus, c.gender) for c in clips}):
         e = np.array([estimates[i] for i, c in enumerate(clips) if c.corpus == corpus and c.gender == gender and i in estimates])
-        shift = slope * np.maximum(0.0, knee - e)
+        shift = -shifted(np.zeros_like(e), e, knee, slope)  # how far the log-odds would move
         report["corpora"][f"{corpus} {gender}"] = {"clips": len(e), "snr_p10_median_p90": np.percentile(e, [10, 50, 90]).tolist(), "median_shift": float(np.median(shift))}
         print(f"{corpus:>22} {gender:>6}: {len(e):4d} clips, estimated SNR p10 / median / p90 {np.percentile(e, 10):.1f} / {np.median(e):.1f} / {np.percentile(e, 90):.1f} dB, median shift {np.median(shift):.2f}")
     if args.holdout_run:
