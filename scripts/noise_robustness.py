@@ -29,10 +29,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.audio import speech_mask
+from training.data import colour_noise
 from codec_robustness import add_run_arguments, condition_row, print_row, validation_clips  # this folder is on sys.path when a script runs
 
 KINDS = ("white", "pink", "brown", "babble")
@@ -53,15 +55,12 @@ def active_power(y: np.ndarray, sr: int, *, frame_s: float = 0.02, below_loudest
 
 
 def coloured_noise(n: int, sr: int, slope: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise of ``n`` samples whose power falls as f**-slope (0: white), at unit mean power."""
-    if slope == 0:
-        noise = rng.standard_normal(n)
-    else:
-        freqs = np.fft.rfftfreq(n, 1.0 / sr)
-        shape = np.maximum(freqs, COLOUR_FLOOR_HZ) ** (-slope / 2)
-        spectrum = (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs))) * shape
-        noise = np.fft.irfft(spectrum, n=n)
-    return noise / np.sqrt(np.mean(noise**2))
+    """Gaussian noise of ``n`` samples whose power falls as f**-slope (0: white), at unit mean power.
+
+    Shaped by the training augmentation's own function, so the noise scored here is the noise ``--coloured-noise`` adds.
+    """
+    white = torch.from_numpy(rng.standard_normal(n))[None, :]
+    return colour_noise(white, sr=sr, slope=torch.tensor([[slope]], dtype=white.dtype), floor_hz=COLOUR_FLOOR_HZ)[0].numpy()
 
 
 def babble_track(clips, waves, train: list[int], sr: int, seconds: float = 60.0, seed: int = 0) -> tuple[np.ndarray, list[str]]:
