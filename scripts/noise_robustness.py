@@ -19,7 +19,7 @@ frames within 30 dB of its loudest) over the noise's mean power. Each clip's
 noise comes from a generator seeded by the clip's index, so a rerun gives
 the same figures. Usage:
 
-    python scripts/noise_robustness.py MODEL SPLIT_JSON MANIFEST [--kind KIND ...] [--snr DB ...] [--corpus NAME ...] [--cache-dir DIR] [--json FILE]
+    python scripts/noise_robustness.py MODEL SPLIT_JSON MANIFEST [--kind KIND ...] [--snr DB ...] [--threshold Z] [--corpus NAME ...] [--cache-dir DIR] [--json FILE]
 """
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ def main() -> None:
     add_run_arguments(ap, split_help="a run's split.json: its val clips are scored, its train speakers make the babble")
     ap.add_argument("--kind", action="append", choices=KINDS, default=None, help="only these kinds of noise (default: all)")
     ap.add_argument("--snr", action="append", type=float, default=None, help="signal-to-noise ratios in dB (default: 20, 10, 5)")
+    ap.add_argument("--threshold", type=float, default=None, help="score at this raw log-odds threshold, not the model's calibrated threshold "
+                    "(runs compared at one threshold: a hold-out run's own calibration is fitted on other corpora)")
     args = ap.parse_args()
 
     bundle, clips, split, val, waves = validation_clips(args)
@@ -109,7 +111,7 @@ def main() -> None:
     if "babble" in kinds:
         babble, talkers = babble_track(clips, waves, split["train"], sr)
         print(f"babble: {', '.join(talkers)}", flush=True)
-    threshold = bundle.calibration.threshold_log_odds
+    threshold = bundle.calibration.threshold_log_odds if args.threshold is None else args.threshold
     rows = {"as recorded": condition_row(bundle, clips, waves, val, threshold)}
     print_row("as recorded", rows["as recorded"])
     for kind in kinds:
