@@ -6,7 +6,7 @@ male sit) and other voices. This scores a run's validation clips
 (``split.json``'s ``val``) as they are and again with each kind of noise
 added at each signal-to-noise ratio, at the model's rate (what ``classify``
 reads), and prints balanced accuracy at the model's calibrated threshold
-and ROC AUC per condition. Kinds:
+(or ``--threshold``'s) and ROC AUC per condition. Kinds:
 
 - ``white``: a flat spectrum (hiss; training adds it at 5-40 dB to half the crops),
 - ``pink``: power falling 3 dB per octave (much environmental noise),

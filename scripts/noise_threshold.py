@@ -90,9 +90,14 @@ def subtract_noise(y: np.ndarray, sr: int, *, over: float = 2.0, floor_db: float
     return out[: len(y)].astype(np.float32)
 
 
+def shift_of(snr_db: np.ndarray, knee: float, slope: float) -> np.ndarray:
+    """How far toward "male" the log-odds move: ``slope`` per dB of estimated SNR below ``knee``."""
+    return slope * np.maximum(0.0, knee - snr_db)
+
+
 def shifted(z: np.ndarray, snr_db: np.ndarray, knee: float, slope: float) -> np.ndarray:
-    """Log-odds moved toward "male" by ``slope`` per dB of estimated SNR below ``knee``."""
-    return z - slope * np.maximum(0.0, knee - snr_db)
+    """Log-odds moved by ``shift_of``."""
+    return z - shift_of(snr_db, knee, slope)
 
 
 def fit_shift(conditions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], threshold: float) -> tuple[float, float]:
@@ -170,7 +175,7 @@ def main() -> None:
     report["corpora"] = {}
     for corpus, gender in sorted({(c.corpus, c.gender) for c in clips}):
         e = np.array([estimates[i] for i, c in enumerate(clips) if c.corpus == corpus and c.gender == gender and i in estimates])
-        shift = -shifted(np.zeros_like(e), e, knee, slope)  # how far the log-odds would move
+        shift = shift_of(e, knee, slope)
         report["corpora"][f"{corpus} {gender}"] = {"clips": len(e), "snr_p10_median_p90": np.percentile(e, [10, 50, 90]).tolist(), "median_shift": float(np.median(shift))}
         print(f"{corpus:>22} {gender:>6}: {len(e):4d} clips, estimated SNR p10 / median / p90 {np.percentile(e, 10):.1f} / {np.median(e):.1f} / {np.percentile(e, 90):.1f} dB, median shift {np.median(shift):.2f}")
     if args.holdout_run:
