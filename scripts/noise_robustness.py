@@ -41,8 +41,6 @@ KINDS = ("white", "pink", "brown", "babble")
 # Power falls as f**-slope: 1 is 3 dB per octave, 2 is 6.
 SLOPES = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 BABBLE_TALKERS_PER_GENDER = 3
-# Below this the coloured noises' spectra are flat, so a clip's noise has no near-DC drift.
-COLOUR_FLOOR_HZ = 20.0
 
 
 def active_power(y: np.ndarray, sr: int, *, frame_s: float = 0.02, below_loudest_db: float = 30.0) -> float:
@@ -60,7 +58,7 @@ def coloured_noise(n: int, sr: int, slope: float, rng: np.random.Generator) -> n
     Shaped by the training augmentation's own function, so the noise scored here is the noise ``--coloured-noise`` adds.
     """
     white = torch.from_numpy(rng.standard_normal(n))[None, :]
-    return colour_noise(white, sr=sr, slope=torch.tensor([[slope]], dtype=white.dtype), floor_hz=COLOUR_FLOOR_HZ)[0].numpy()
+    return colour_noise(white, sr=sr, slope=torch.tensor([[slope]], dtype=white.dtype))[0].numpy()
 
 
 def babble_track(clips, waves, train: list[int], sr: int, seconds: float = 60.0, seed: int = 0) -> tuple[np.ndarray, list[str]]:
