@@ -5,9 +5,10 @@ ADPCM, Opus or low-rate MP3. This scores a run's validation clips
 (``split.json``'s ``val``) as they are and again after each codec of
 ``training/codecs.py`` (at the model's rate, as ``classify`` would read the
 decoded file), and prints balanced accuracy at the model's calibrated
-threshold and ROC AUC per codec, with women and men right. Usage:
+threshold (or ``--threshold``'s) and ROC AUC per codec, with women and men
+right. Usage:
 
-    python scripts/codec_robustness.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--codec NAME ...] [--cache-dir DIR]
+    python scripts/codec_robustness.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--codec NAME ...] [--threshold Z] [--cache-dir DIR] [--json FILE]
 """
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(ap, split_help="a run's split.json: its val clips are scored")
     ap.add_argument("--codec", action="append", default=None, help="only these codecs (default: all of training/codecs.py)")
+    add_threshold_argument(ap)
     args = ap.parse_args()
 
     bundle, clips, _, val, waves = validation_clips(args)
     sr = bundle.features.sample_rate
     codecs = [c for c in available_codecs() if not args.codec or c.name in args.codec]
-    # Raw log-odds -> calibrated: the model's shipped threshold is where p_female crosses 0.5.
-    threshold = bundle.calibration.threshold_log_odds
+    threshold = scoring_threshold(bundle, args)
     rows = {}
     for name, coder in [("as recorded", None), *[(c.name, c) for c in codecs]]:
         coded = waves if coder is None else {i: round_trip(waves[i], sr, coder) for i in val}
@@ -57,6 +58,17 @@ def add_run_arguments(ap: argparse.ArgumentParser, *, split_help: str) -> None:
     ap.add_argument("--corpus", action="append", default=None, help="only these corpora's clips (default: all)")
     ap.add_argument("--cache-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+
+def add_threshold_argument(ap: argparse.ArgumentParser) -> None:
+    """--threshold Z: the raw log-odds threshold to score at instead of the model's calibrated one."""
+    ap.add_argument("--threshold", type=float, default=None, help="score at this raw log-odds threshold, not the model's calibrated threshold "
+                    "(runs compared at one threshold: a hold-out run's own calibration is fitted on other corpora)")
+
+
+def scoring_threshold(bundle, args: argparse.Namespace) -> float:
+    """--threshold's value, or the model's shipped threshold: where its calibrated p_female crosses 0.5."""
+    return bundle.calibration.threshold_log_odds if args.threshold is None else args.threshold
 
 
 def validation_clips(args: argparse.Namespace) -> tuple:

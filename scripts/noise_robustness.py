@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.audio import speech_mask
 from training.data import colour_noise
-from codec_robustness import add_run_arguments, condition_row, print_row, validation_clips  # this folder is on sys.path when a script runs
+from codec_robustness import add_run_arguments, add_threshold_argument, condition_row, print_row, scoring_threshold, validation_clips  # this folder is on sys.path when a script runs
 
 KINDS = ("white", "pink", "brown", "babble")
 # Power falls as f**-slope: 1 is 3 dB per octave, 2 is 6.
@@ -97,8 +97,7 @@ def main() -> None:
     add_run_arguments(ap, split_help="a run's split.json: its val clips are scored, its train speakers make the babble")
     ap.add_argument("--kind", action="append", choices=KINDS, default=None, help="only these kinds of noise (default: all)")
     ap.add_argument("--snr", action="append", type=float, default=None, help="signal-to-noise ratios in dB (default: 20, 10, 5)")
-    ap.add_argument("--threshold", type=float, default=None, help="score at this raw log-odds threshold, not the model's calibrated threshold "
-                    "(runs compared at one threshold: a hold-out run's own calibration is fitted on other corpora)")
+    add_threshold_argument(ap)
     args = ap.parse_args()
 
     bundle, clips, split, val, waves = validation_clips(args)
@@ -109,7 +108,7 @@ def main() -> None:
     if "babble" in kinds:
         babble, talkers = babble_track(clips, waves, split["train"], sr)
         print(f"babble: {', '.join(talkers)}", flush=True)
-    threshold = bundle.calibration.threshold_log_odds if args.threshold is None else args.threshold
+    threshold = scoring_threshold(bundle, args)
     rows = {"as recorded": condition_row(bundle, clips, waves, val, threshold)}
     print_row("as recorded", rows["as recorded"])
     for kind in kinds:
