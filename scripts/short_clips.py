@@ -4,17 +4,18 @@ A digit corpus such as AudioMNIST has clips of about 0.6 s; the shared corpus
 has few short clips outside its telephone digits. This cuts short excerpts
 (``--length`` seconds, from the loud part, 50 ms fades) out of the validation
 clips of a run (``split.json``'s ``val``) and scores them next to the whole
-clips, at the model's calibrated threshold and by ROC AUC, per corpus and
-gender. ``--fill`` scores the excerpts with a short-clip fill other than the
-checkpoint's (``zeros``, ``loop``, ``trim`` or ``trim+loop``; an inference-only what-if),
-``--against FILL`` also scores them with another and bounds the difference
-by resampling speakers; ``--against-model M2`` does the same for a second
-model (each at its own calibrated threshold, with the same ``--fill``).
+clips, at the model's calibrated threshold (or ``--threshold Z``) and by ROC
+AUC, per corpus and gender. ``--fill`` scores the excerpts with a short-clip
+fill other than the checkpoint's (``zeros``, ``loop``, ``trim`` or
+``trim+loop``; an inference-only what-if), ``--against FILL`` also scores them
+with another and bounds the difference by resampling speakers;
+``--against-model M2`` does the same for a second model (each at its own
+calibrated threshold, or both at ``--threshold``, with the same ``--fill``).
 These figures come from the 8 kHz training cache, so a checkpoint's
 ``wideband_short_fill`` is not applied; ``--write DIR`` also writes the
 excerpts cut from the files as recorded, for ``voicegender classify DIR``. Usage:
 
-    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--against trim | --against-model M2] [--write DIR] [--cache-dir DIR]
+    python scripts/short_clips.py MODEL SPLIT_JSON MANIFEST [--corpus NAME ...] [--length 0.6] [--fill loop] [--against trim | --against-model M2] [--threshold Z] [--write DIR] [--cache-dir DIR]
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from training.data import load_waveforms
 from training.loop import file_log_odds
 from training.metrics import balanced_accuracy_at
 from training.sources import read_source
+from codec_robustness import add_threshold_argument, scoring_threshold  # this folder is on sys.path when a script runs
 
 
 def excerpt_starts(y: np.ndarray, n_samples: int, count: int, rng: np.random.Generator) -> list[int]:
@@ -127,8 +129,8 @@ def main() -> None:
     ap.add_argument("--per-clip", type=int, default=3, help="excerpts per clip (default 3)")
     ap.add_argument("--fill", choices=INFERENCE_FILLS, help="score with this short-clip fill instead of the checkpoint's")
     ap.add_argument("--against", choices=INFERENCE_FILLS, help="also score the excerpts with this fill and print the difference, with a 95 %% interval over speakers")
-    ap.add_argument("--against-model", type=Path, metavar="M2", help="also score the excerpts with this model (at its own calibrated threshold) and print the difference, with a 95 %% interval over speakers")
-    ap.add_argument("--threshold", type=float, help="raw log-odds threshold (default: the model's calibrated p = 0.5)")
+    ap.add_argument("--against-model", type=Path, metavar="M2", help="also score the excerpts with this model (at its own calibrated threshold, or at --threshold) and print the difference, with a 95 %% interval over speakers")
+    add_threshold_argument(ap)
     ap.add_argument("--cache-dir", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="also write the figures as JSON")
@@ -140,8 +142,7 @@ def main() -> None:
     bundle = load_checkpoint(args.model)
     if args.fill:
         bundle = with_fill(bundle, args.fill)
-    cal = bundle.calibration
-    threshold = args.threshold if args.threshold is not None else cal.threshold_log_odds
+    threshold = scoring_threshold(bundle, args)
     sr = bundle.features.sample_rate
     clips = read_source(args.manifest)
     waves = load_waveforms(clips, sr=sr, cache_dir=args.cache_dir)
@@ -178,7 +179,7 @@ def main() -> None:
         other = with_fill(other, args.fill) if args.fill else other
         if other.features.sample_rate != sr:
             sys.exit(f"{args.against_model} reads {other.features.sample_rate} Hz audio, {args.model} {sr} Hz: the excerpts would differ")
-        t_other = other.calibration.threshold_log_odds
+        t_other = scoring_threshold(other, args)  # --threshold cuts both models at one place
         z_other, _ = file_log_odds(other, ex_clips, ex_waves, list(range(len(ex_clips))))
         report(f"{other.version}", z_other, fem, [(c.corpus, c.gender) for c in ex_clips], t_other)
         delta, lo, hi = paired_bootstrap(z, z_other, fem, [(c.corpus, c.speaker) for c in ex_clips], threshold, threshold_other=t_other)

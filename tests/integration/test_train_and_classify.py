@@ -167,6 +167,33 @@ def test_the_hold_out_codec_and_noise_scripts_score_a_runs_validation_clips(trai
     assert len(set(talkers)) == 6 and set(talkers) <= set(split["train_speakers"]) and not set(talkers) & set(split["val_speakers"])
 
 
+def test_the_scripts_default_to_the_calibrated_threshold_and_short_clips_takes_one_for_both_models(trained_run, synthetic_audiomnist, tmp_path):
+    """Without --threshold, codec_robustness.py scores at the model's calibrated threshold: its as-recorded row is the
+    noise script's at that threshold asked for. short_clips.py --threshold cuts both of --against-model's models there."""
+    from classifier.model import load_checkpoint
+
+    calibrated = load_checkpoint(trained_run / "model.pt").calibration.threshold_log_odds
+    assert calibrated != 0.0  # else the default and the threshold 0 of the test above would not be told apart
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run_args = [str(trained_run / "model.pt"), str(trained_run / "split.json"), str(synthetic_audiomnist)]
+    for script, args in (
+        ("codec_robustness.py", [*run_args, "--codec", "gsm", "--json", str(tmp_path / "codec.json")]),
+        ("noise_robustness.py", [*run_args, "--kind", "brown", "--snr", "0", "--threshold", repr(calibrated), "--json", str(tmp_path / "noise.json")]),
+        ("short_clips.py", [*run_args, "--length", "0.2", "--per-clip", "1", "--against-model", str(trained_run / "model.pt"), "--threshold", "0",
+                            "--out", str(tmp_path / "short.json")]),
+    ):
+        proc = subprocess.run([sys.executable, f"scripts/{script}", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    noise = json.loads((tmp_path / "noise.json").read_text())
+    assert noise["threshold"] == calibrated
+    assert json.loads((tmp_path / "codec.json").read_text())["as recorded"] == noise["conditions"]["as recorded"]
+    short = json.loads((tmp_path / "short.json").read_text())
+    against = short["0.2 s excerpts"]["against_model"]
+    # The same model, cut at the same place: nothing differs, and neither was cut at its calibrated threshold.
+    assert short["threshold"] == 0.0 and against["threshold"] == 0.0
+    assert against["delta"] == 0.0 and against["ci95"] == [0.0, 0.0]
+
+
 def test_the_calibration_transfer_script_scores_a_runs_validation_clips(trained_run, synthetic_audiomnist, tmp_path):
     """scripts/calibration_transfer.py (the `calibrate` figures of models/EXPERIMENTS.md) on a real run."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}

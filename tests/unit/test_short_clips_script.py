@@ -1,13 +1,14 @@
 """scripts/short_clips.py's paired bootstrap on scores whose answers are known by hand."""
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location("short_clips", Path(__file__).resolve().parents[2] / "scripts" / "short_clips.py")
-short_clips = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(short_clips)
+# As when the script runs: its folder on sys.path, for the helpers it shares with codec_robustness.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import short_clips
 
 
 def _excerpts():
