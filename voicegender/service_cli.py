@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import webbrowser
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from db import jobs as repo
@@ -104,13 +106,9 @@ def wait_for_job(services: Services, job_id: str, *, poll_s: float = 0.2) -> str
     """Progress bar until the job ends; starts an embedded worker when none is alive."""
     from tqdm import tqdm
 
-    embedded = None
-    with services.sessions() as s:
-        if not repo.live_workers(s, within_s=3 * services.settings.heartbeat_s):
-            embedded = start_embedded_worker()
-    try:
-        # Into a log or pipe, a redraw every poll would be a line per 0.2 s: there it draws on progress only, at most every 10 s.
-        mininterval = 0.1 if sys.stderr.isatty() else 10.0
+    # Into a log or pipe, a redraw every poll would be a line per 0.2 s: there it draws on progress only, at most every 10 s.
+    mininterval = 0.1 if sys.stderr.isatty() else 10.0
+    with a_worker_alive(services) as check_worker:
         with tqdm(total=_job(services, job_id).total, unit="file", file=sys.stderr, desc="classifying", mininterval=mininterval) as bar:
             while True:
                 status = job_status(services, job_id)
@@ -118,9 +116,24 @@ def wait_for_job(services: Services, job_id: str, *, poll_s: float = 0.2) -> str
                     bar.update(settled - bar.n)
                 if status["state"] in FINAL_JOB_STATES:
                     return status["state"]
-                if embedded is not None and embedded.poll() is not None:
-                    raise RuntimeError(f"the embedded worker exited with code {embedded.returncode}")
+                check_worker()
                 time.sleep(poll_s)
+
+
+@contextlib.contextmanager
+def a_worker_alive(services: Services) -> Iterator[Callable[[], None]]:
+    """An embedded worker for the block when none is alive; yields a check that raises once that worker has exited."""
+    embedded = None
+    with services.sessions() as s:
+        if not repo.live_workers(s, within_s=3 * services.settings.heartbeat_s):
+            embedded = start_embedded_worker()
+
+    def check() -> None:
+        if embedded is not None and embedded.poll() is not None:
+            raise RuntimeError(f"the embedded worker exited with code {embedded.returncode}")
+
+    try:
+        yield check
     finally:
         if embedded is not None:
             stop_worker(embedded)
@@ -342,11 +355,7 @@ def run_status(services: Services, run_id: int) -> dict:
 
 def wait_for_run(services: Services, run_id: int, *, poll_s: float = 0.5) -> dict:
     """Show the run's stage until it ends; an embedded worker runs it when none is alive."""
-    embedded = None
-    with services.sessions() as s:
-        if not repo.live_workers(s, within_s=3 * services.settings.heartbeat_s):
-            embedded = start_embedded_worker()
-    try:
+    with a_worker_alive(services) as check_worker:
         shown = None
         while True:
             status = run_status(services, run_id)
@@ -355,12 +364,8 @@ def wait_for_run(services: Services, run_id: int, *, poll_s: float = 0.5) -> dic
                 shown = status["stage"]
             if status["state"] != "running":
                 return status
-            if embedded is not None and embedded.poll() is not None:
-                raise RuntimeError(f"the embedded worker exited with code {embedded.returncode}")
+            check_worker()
             time.sleep(poll_s)
-    finally:
-        if embedded is not None:
-            stop_worker(embedded)
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:

@@ -133,6 +133,37 @@ def test_submit_wait_with_nothing_configured_finishes_the_job(service_env, voice
     assert proc.stderr.count("classifying:") <= 6 + 2, proc.stderr[-3000:]
 
 
+def test_waiting_on_an_embedded_worker_stops_with_its_exit_code_when_it_dies(service_env, monkeypatch):
+    """``submit --wait`` and ``retrain --wait`` start a worker when none is alive; killed, it is said, not waited on forever."""
+    import signal
+
+    from db import jobs as repo
+    from voicegender.bootstrap import build_services
+    from voicegender.service_cli import a_worker_alive
+    from voicegender.settings import Settings
+
+    for key in [k for k in os.environ if k.startswith("VOICEGENDER_")]:
+        monkeypatch.delenv(key)
+    for key, value in service_env().items():
+        monkeypatch.setenv(key, value)  # the embedded worker inherits this process's environment
+    services = build_services(Settings())
+
+    def live() -> list[str]:
+        with services.sessions() as s:
+            return repo.live_workers(s, within_s=3 * services.settings.heartbeat_s)
+
+    assert not live()
+    with pytest.raises(RuntimeError, match="the embedded worker exited with code -9"):
+        with a_worker_alive(services) as check_worker:
+            (name,) = wait_until(live, timeout_s=60, what="the embedded worker's heartbeat")
+            check_worker()  # alive: nothing to say
+            os.kill(int(name.rsplit(":", 1)[1]), signal.SIGKILL)  # its name is host:pid
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the check raises once the process has gone
+                check_worker()
+                time.sleep(0.05)
+
+
 def test_sigkill_mid_job_loses_and_doubles_nothing(service_env, redis_url, worker, voicegender, job_table, tmp_path):
     folder = write_long_clips(tmp_path / "in", n_clips=40, duration_s=8)
     env = service_env(broker_url=redis_url, chunk_size=2, chunk_deadline_s=4, sweep_interval_s=1, heartbeat_s=0.5)
