@@ -92,7 +92,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "pairs": [{"baseline": str(b), "candidate": str(c), "points": d} for (b, c), d in zip(pairs, diffs)],
             "mean": {k: m for k, (m, _) in summary.items()},
-            "standard_error": {k: se for k, (_, se) in summary.items()},
+            "standard_error": {k: None if math.isnan(se) else se for k, (_, se) in summary.items()},  # none from one pair (NaN is not JSON)
         }, indent=2))
 
 

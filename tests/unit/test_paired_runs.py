@@ -83,6 +83,15 @@ def test_the_command_prints_each_pair_and_writes_the_means(tmp_path):
     assert written["pairs"][0]["points"]["white 10 dB at -1.17"] == pytest.approx(0.4)
 
 
+def test_one_pair_has_no_standard_error_and_writes_valid_json(tmp_path):
+    runs = [_write_run(tmp_path / "b0", 0.95, 0.80, 0.9, None), _write_run(tmp_path / "c0", 0.96, 0.82, 0.9, None)]
+    out = tmp_path / "pairs.json"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "paired_runs.py"), *map(str, runs), "--json", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert written["mean"]["AUC"] == pytest.approx(1.0) and written["standard_error"]["AUC"] is None
+
+
 def test_an_odd_run_or_a_run_without_its_report_is_one_clear_line(tmp_path):
     lone = _write_run(tmp_path / "b0", 0.95, 0.8, 0.9, None)
     proc = subprocess.run([sys.executable, str(SCRIPTS / "paired_runs.py"), str(lone)], capture_output=True, text=True, timeout=60)
